@@ -1,0 +1,35 @@
+# ganforge: `make run` runs the main job, `make test` the test suite.
+# Both create .venv on first use and install the package into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help run test test-fast lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[eval,dev]"
+	@touch $@
+
+run: $(STAMP) ## prepare the embedded digits and train the default DCGAN (CPU or CUDA)
+	$(BIN)/ganforge prepare
+	$(BIN)/ganforge train
+
+test: $(STAMP) ## the whole test suite, slow end-to-end tests included
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the suite without the slow end-to-end tests
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check src tests pipelines
+	$(BIN)/ruff format --check src tests pipelines
+
+clean: ## remove outputs of runs (keeps .venv)
+	rm -rf data/prepared models/*/ metrics

@@ -1,0 +1,201 @@
+"""params.yaml -> typed, validated config.
+
+One pydantic model per stage section. Every key keeps its params.yaml name in the
+config object, on the CLI (``--set train.lr=1e-4``) and in tracked params, so a
+value can be followed from the file to the run that used it.
+
+    from ganforge.config import load_params
+    params = load_params("params.yaml", overrides=["train.steps=100"])
+    params.train.lr  # 0.0002
+
+Bad input fails here, before any work starts, with one line naming the key and
+the allowed values (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ganforge.errors import ConfigError
+
+# Image sides each model family can build (see models/*.py); mlp takes any side in range.
+CONV_IMAGE_SIZES = (16, 28, 32, 64)
+MLP_IMAGE_SIZES = tuple(range(8, 65))
+MODEL_IMAGE_SIZES: dict[str, tuple[int, ...]] = {
+    "mlp": MLP_IMAGE_SIZES,
+    "dcgan": CONV_IMAGE_SIZES,
+    "wgan-gp": CONV_IMAGE_SIZES,
+    "cdcgan": CONV_IMAGE_SIZES,
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PrepareParams(_Section):
+    source: Literal["digits", "mnist-idx", "torchvision", "imagefolder"] = "digits"
+    path: str = ""
+    torchvision_dataset: Literal["MNIST", "FashionMNIST", "CIFAR10"] = "MNIST"
+    download: bool = False
+    image_size: int = Field(16, ge=8, le=256)
+    channels: Literal["auto", 1, 3] = "auto"
+    holdout_fraction: float = Field(0.1, gt=0.0, le=0.5)
+    max_images: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> PrepareParams:
+        if self.source in ("mnist-idx", "imagefolder", "torchvision") and not self.path:
+            raise ValueError(
+                f"prepare.path: source '{self.source}' needs a directory in prepare.path"
+            )
+        return self
+
+
+class TrainParams(_Section):
+    model: Literal["mlp", "dcgan", "wgan-gp", "cdcgan"] = "dcgan"
+    run_name: str = Field("main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    latent_dim: int = Field(64, ge=1, le=1024)
+    g_width: int = Field(32, ge=4, le=1024)
+    d_width: int = Field(32, ge=4, le=1024)
+    batch_size: int = Field(64, ge=1, le=65536)
+    steps: int = Field(1500, ge=1)
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    d_lr: float | None = Field(None, gt=0.0, le=1.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    n_critic: int = Field(5, ge=1, le=100)
+    gp_lambda: float = Field(10.0, ge=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    sample_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    grid_size: int = Field(64, ge=1, le=1024)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    data_on_device: bool = True
+    seed: int = Field(0, ge=0)
+
+
+class Params(_Section):
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
+
+    @model_validator(mode="after")
+    def _compatible(self) -> Params:
+        allowed = MODEL_IMAGE_SIZES[self.train.model]
+        size = self.prepare.image_size
+        if size not in allowed:
+            shown = (
+                f"{allowed[0]}..{allowed[-1]}" if len(allowed) > 8 else ", ".join(map(str, allowed))
+            )
+            raise ValueError(
+                f"prepare.image_size: {size} px is not supported by train.model={self.train.model} "
+                f"(allowed: {shown})"
+            )
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 0.0002, ...}``: the names used for tracked params."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.model_dump().items()
+            for key, value in values.items()
+        }
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    """One line per problem, ``source: section.key: what is wrong (got X)``."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section_model = _model_at(e["loc"][:-1])
+            allowed = ", ".join(section_model.model_fields) if section_model else "?"
+            parts.append(f"{loc}: unknown key (allowed: {allowed})")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(loc + ":") or re.match(r"^[a-z_]+\.[a-z_]+: ", msg):
+            parts.append(msg)  # our own validators already name the key
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"{loc or 'params'}: {msg}{got_s}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return None
+        model = field.annotation
+    return model
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``section.key=value`` (value parsed as YAML) to the raw params dict in place."""
+    key, sep, value = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value, e.g. train.lr=1e-4")
+    section, name = parts
+    if section not in Params.model_fields:
+        raise ConfigError(
+            f"--set {assignment!r}: unknown section '{section}' (allowed: {', '.join(Params.model_fields)})"
+        )
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"--set {assignment!r}: value is not valid YAML ({exc.__class__.__name__})"
+        ) from None
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise ConfigError(f"--set {assignment!r}: section '{section}' in params is not a mapping")
+    target[name] = parsed
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: top level must be a mapping of sections, got {type(raw).__name__}"
+        )
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read ``path`` (missing file = all defaults is *not* allowed: the file is the record)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: top level must be a mapping of sections, got {type(raw).__name__}"
+        )
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return parse_params(raw, str(path))

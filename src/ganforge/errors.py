@@ -1,0 +1,25 @@
+"""Errors a user can act on. The CLI prints ``ganforge <stage>: <message>`` and exits non-zero."""
+
+
+class GanforgeError(Exception):
+    """Base class: the message is one line naming the file, key or value at fault."""
+
+    exit_code = 1
+
+
+class ConfigError(GanforgeError):
+    """params.yaml or a --set override is invalid (exit 2, nothing was written)."""
+
+    exit_code = 2
+
+
+class DataError(GanforgeError):
+    """An input or prepared dataset file is missing, corrupt or inconsistent."""
+
+
+class CheckpointError(GanforgeError):
+    """A checkpoint or model file is missing, corrupt or does not fit the config."""
+
+
+class DivergenceError(GanforgeError):
+    """A loss became non-finite during training."""

@@ -1,0 +1,34 @@
+"""WGAN-GP (Gulrajani et al. 2017): the DCGAN shapes with a critic trained on the
+Wasserstein loss plus a gradient penalty (``train.gp_lambda``, 10 in the paper), and
+``train.n_critic`` critic updates per generator update.
+
+The critic has no BatchNorm (it would couple the samples the penalty treats one by
+one) and no sigmoid: it uses per-sample layer norm and outputs an unbounded score.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ganforge import losses
+from ganforge.models.base import Variant
+from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator
+
+
+class WGANGP(Variant):
+    name = "wgan-gp"
+    generator_cls = DCGANGenerator
+    discriminator_cls = partial(DCGANDiscriminator, norm="layer")
+
+    @property
+    def d_steps(self) -> int:
+        return self.n_critic
+
+    def d_loss(self, D, real, fake, labels):
+        real_s, fake_s = D(real, labels), D(fake, labels)
+        w_loss = losses.d_loss_wasserstein(real_s, fake_s)
+        gp = losses.gradient_penalty(lambda x: D(x, labels), real, fake)
+        return w_loss + self.gp_lambda * gp, {"wasserstein": -w_loss.detach(), "gp": gp.detach()}
+
+    def g_loss(self, D, fake, labels):
+        return losses.g_loss_wasserstein(D(fake, labels)), {}

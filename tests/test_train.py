@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganforge.checkpoint import list_checkpoints, load_generator
+from ganforge.data import load_split
+from ganforge.errors import CheckpointError, ConfigError, DivergenceError
+from ganforge.models import ModelSpec, make_variant
+from ganforge.train import train
+
+from .conftest import tiny_params
+
+
+def read_history(run_dir):
+    with open(run_dir / "history.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("family", ["mlp", "dcgan", "wgan-gp", "cdcgan"])
+def test_every_family_trains_and_writes_its_outputs(tmp_path, digits_dir, family):
+    params = tiny_params(train={"model": family, "steps": 10, "n_critic": 2})
+    summary = train(params, digits_dir, tmp_path, progress=False)
+    run = tmp_path / "main"
+    assert summary["steps"] == 10 and summary["img_per_s"] > 0
+    for name in (
+        "generator.pt",
+        "samples.png",
+        "history.csv",
+        "summary.json",
+        "samples/step_00000000.png",
+    ):
+        assert (run / name).is_file(), name
+    assert len(read_history(run)) == 10
+    G, meta = load_generator(run / "generator.pt")
+    assert meta["family"] == family and meta["data"]["num_classes"] == 10
+    labels = torch.arange(4) if family == "cdcgan" else None
+    assert G(torch.randn(4, 16), labels).shape == (4, 1, 16, 16)
+    grid = Image.open(run / "samples.png")
+    # 16 tiles of 16 px enlarged 3x to 48 px, 4 per row (cdcgan: 10 per row), 2 px padding
+    per_row = 10 if family == "cdcgan" else 4
+    assert grid.size[0] == per_row * 50 + 2
+
+
+@pytest.mark.slow
+def test_short_real_training_learns(tmp_path, digits_dir):
+    """A real run on digits: losses move and the samples are no longer the initial noise."""
+    params = tiny_params(
+        train={"steps": 600, "g_width": 16, "d_width": 16, "sample_every": 600, "log_every": 10}
+    )
+    train(params, digits_dir, tmp_path, progress=False)
+    run = tmp_path / "main"
+    hist = read_history(run)
+    first = np.mean([r["d_loss"] for r in hist[:10]]), np.mean([r["g_loss"] for r in hist[:10]])
+    last = np.mean([r["d_loss"] for r in hist[-20:]]), np.mean([r["g_loss"] for r in hist[-20:]])
+    assert abs(first[0] - last[0]) > 0.1 and abs(first[1] - last[1]) > 0.1
+    a = np.asarray(Image.open(run / "samples/step_00000000.png"), dtype=np.float32)
+    b = np.asarray(Image.open(run / "samples/step_00000600.png"), dtype=np.float32)
+    assert np.abs(a - b).mean() > 20  # of 255
+
+    # pixel-intensity histograms: the untrained generator gives mid-grey (~0), digits are mostly
+    # dark background with bright strokes; training must move most of the way to the real one
+    def hist(x):
+        return np.histogram(np.asarray(x), bins=8, range=(-1, 1))[0] / np.asarray(x).size
+
+    real = hist(load_split(digits_dir).images.astype(np.float32) / 127.5 - 1)
+    G, _ = load_generator(run / "generator.pt")
+    with torch.no_grad():
+        trained = hist(G(torch.randn(512, 16)))
+        G0 = make_variant("dcgan", ModelSpec(16, 16, 1, 10, 16, 16)).make_generator().eval()
+        init = hist(G0(torch.randn(512, 16)))
+    tv_trained, tv_init = 0.5 * np.abs(trained - real).sum(), 0.5 * np.abs(init - real).sum()
+    assert tv_trained < 0.3 * tv_init, (tv_trained, tv_init)
+
+
+def test_resume_gives_identical_weights(tmp_path, digits_dir):
+    straight = tiny_params(train={"steps": 30, "checkpoint_every": 10})
+    train(straight, digits_dir, tmp_path / "a", progress=False)
+    half = tiny_params(train={"steps": 15, "checkpoint_every": 10})
+    train(half, digits_dir, tmp_path / "b", progress=False)
+    train(straight, digits_dir, tmp_path / "b", resume=True, progress=False)
+
+    a = torch.load(tmp_path / "a/main/generator.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/main/generator.pt", weights_only=True)
+    for key in ("raw_state_dict", "ema_state_dict"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name}"
+    ca, cb = (
+        torch.load(list_checkpoints(p / "main/checkpoints")[0], weights_only=True)
+        for p in (tmp_path / "a", tmp_path / "b")
+    )
+    assert ca["step"] == cb["step"] == 30
+    for name, tensor in ca["D"].items():
+        assert torch.equal(tensor, cb["D"][name]), name
+    ha, hb = read_history(tmp_path / "a/main"), read_history(tmp_path / "b/main")
+    assert [r["step"] for r in hb] == list(range(1, 31))
+    assert [r["d_loss"] for r in ha] == [r["d_loss"] for r in hb]
+
+
+def test_resume_falls_back_to_previous_checkpoint(tmp_path, digits_dir, caplog):
+    train(
+        tiny_params(train={"steps": 20, "checkpoint_every": 10}),
+        digits_dir,
+        tmp_path,
+        progress=False,
+    )
+    newest = list_checkpoints(tmp_path / "main/checkpoints")[0]
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    summary = train(
+        tiny_params(train={"steps": 25}), digits_dir, tmp_path, resume=True, progress=False
+    )
+    assert summary["steps_this_run"] == 15  # resumed from step 10
+    assert "sha256 does not match" in caplog.text and "step_00000020.pt" in caplog.text
+
+
+def test_resume_refuses_another_architecture(tmp_path, digits_dir):
+    train(tiny_params(train={"steps": 10}), digits_dir, tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="trained with train.g_width=8, params say 16"):
+        train(
+            tiny_params(train={"steps": 20, "g_width": 16}),
+            digits_dir,
+            tmp_path,
+            resume=True,
+            progress=False,
+        )
+    with pytest.raises(CheckpointError, match="no checkpoints to resume from"):
+        train(
+            tiny_params(train={"run_name": "other"}),
+            digits_dir,
+            tmp_path,
+            resume=True,
+            progress=False,
+        )
+
+
+def test_divergence_names_the_step_and_keeps_the_good_checkpoint(tmp_path, digits_dir, monkeypatch):
+    from ganforge.models.dcgan import DCGAN
+
+    real_g_loss = DCGAN.g_loss
+    calls = {"n": 0}
+
+    def exploding_g_loss(self, D, fake, labels):
+        loss, stats = real_g_loss(self, D, fake, labels)
+        calls["n"] += 1
+        return (loss * math.inf if calls["n"] == 13 else loss), stats
+
+    monkeypatch.setattr(DCGAN, "g_loss", exploding_g_loss)
+    with pytest.raises(DivergenceError, match=r"step 13: g_loss is (inf|nan) \(non-finite\)"):
+        train(
+            tiny_params(train={"steps": 20, "checkpoint_every": 10}),
+            digits_dir,
+            tmp_path,
+            progress=False,
+        )
+    ckpts = list_checkpoints(tmp_path / "main/checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000010.pt"]
+    assert not (tmp_path / "main/generator.pt").exists()
+
+
+def test_batch_larger_than_dataset(tmp_path, digits_dir):
+    with pytest.raises(
+        ConfigError, match="train.batch_size: 5000 is larger than the training split"
+    ):
+        train(tiny_params(train={"batch_size": 5000}), digits_dir, tmp_path, progress=False)
+
+
+def test_cuda_requested_without_gpu(tmp_path, digits_dir):
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    with pytest.raises(ConfigError, match="train.device: 'cuda' requested but no CUDA device"):
+        train(tiny_params(train={"device": "cuda"}), digits_dir, tmp_path, progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fast_path(tmp_path, digits_dir):
+    params = tiny_params(train={"device": "cuda", "bf16": True, "channels_last": True, "steps": 20})
+    summary = train(params, digits_dir, tmp_path, progress=False)
+    assert summary["device"].startswith("cuda") and summary["steps"] == 20
