@@ -268,6 +268,8 @@ def fixed_grid_inputs(n: int, latent_dim: int, num_classes: int, conditional: bo
 
     Conditional: labels cycle 0..K-1, so with ``nrow=K`` each column is one class.
     """
+    if conditional:
+        n = -(-n // num_classes) * num_classes  # whole rows: every class equally often
     g = torch.Generator().manual_seed(seed + 7919)
     z = torch.randn(n, latent_dim, generator=g)
     labels = torch.arange(n) % num_classes if conditional else None
