@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[eval,dev]"
 	@touch $@
 
-run: $(STAMP) ## prepare the embedded digits and train the default DCGAN (CPU or CUDA)
+run: $(STAMP) ## prepare the embedded digits, train the feature network and a DCGAN, evaluate it
 	$(BIN)/ganforge prepare
+	$(BIN)/ganforge featurenet
 	$(BIN)/ganforge train
+	$(BIN)/ganforge evaluate
 
 test: $(STAMP) ## the whole test suite, slow end-to-end tests included
 	$(BIN)/python -m pytest
@@ -32,4 +34,4 @@ lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff format --check src tests pipelines
 
 clean: ## remove outputs of runs (keeps .venv)
-	rm -rf data/prepared models/*/ metrics
+	rm -rf data/prepared models/*/ metrics reports

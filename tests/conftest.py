@@ -62,3 +62,28 @@ def params_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def digits_featurenet(digits_dir, tmp_path_factory) -> Path:
+    """The feature network trained on the digits fixture (a few epochs, still > 95%)."""
+    from ganforge.featurenet import train_featurenet
+
+    out = tmp_path_factory.mktemp("featurenet")
+    train_featurenet(tiny_params(featurenet={"epochs": 4}), digits_dir, out)
+    return out / "featurenet.pt"
+
+
+@pytest.fixture(scope="session")
+def digits_generator(digits_dir, tmp_path_factory) -> Path:
+    """A short-trained DCGAN on the digits fixture."""
+    from ganforge.train import train
+
+    out = tmp_path_factory.mktemp("runs")
+    train(
+        tiny_params(train={"steps": 200, "g_width": 16, "d_width": 16}),
+        digits_dir,
+        out,
+        progress=False,
+    )
+    return out / "main" / "generator.pt"

@@ -54,3 +54,9 @@ def test_gradient_penalty_is_differentiable_wrt_critic_params():
     gp = losses.gradient_penalty(lambda x: lin(x).flatten(), torch.randn(6, 4), torch.randn(6, 4))
     gp.backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def test_r1_penalty_of_a_linear_discriminator():
+    w = torch.tensor([3.0, 4.0])  # |w|^2 = 25 at every point
+    r1 = losses.r1_penalty(lambda x: x @ w, torch.randn(7, 2))
+    assert r1.item() == pytest.approx(25.0)

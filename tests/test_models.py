@@ -57,6 +57,10 @@ def test_one_discriminator_and_generator_step(family):
     if family == "wgan-gp":
         assert v.d_steps == 2 and {"wasserstein", "gp"} <= set(stats)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+    else:  # the BCE families take the R1 penalty when asked
+        v_r1 = make_variant(family, spec(), r1_gamma=1.0)
+        _, r1_stats = v_r1.d_loss(D, real, fake, labels)
+        assert r1_stats["r1"] > 0
 
 
 def test_classic_64px_dcgan_sizes():

@@ -56,9 +56,10 @@ def test_short_real_training_learns(tmp_path, digits_dir):
     train(params, digits_dir, tmp_path, progress=False)
     run = tmp_path / "main"
     hist = read_history(run)
-    first = np.mean([r["d_loss"] for r in hist[:10]]), np.mean([r["g_loss"] for r in hist[:10]])
-    last = np.mean([r["d_loss"] for r in hist[-20:]]), np.mean([r["g_loss"] for r in hist[-20:]])
-    assert abs(first[0] - last[0]) > 0.1 and abs(first[1] - last[1]) > 0.1
+    # the losses move: their 50-step window means span more than 0.1 (a stuck loop stays flat)
+    for key in ("d_loss", "g_loss"):
+        windows = np.array([r[key] for r in hist]).reshape(-1, 50).mean(1)
+        assert windows.max() - windows.min() > 0.1, (key, windows)
     a = np.asarray(Image.open(run / "samples/step_00000000.png"), dtype=np.float32)
     b = np.asarray(Image.open(run / "samples/step_00000600.png"), dtype=np.float32)
     assert np.abs(a - b).mean() > 20  # of 255

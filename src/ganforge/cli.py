@@ -18,6 +18,9 @@ from ganforge.errors import GanforgeError
 PARAMS = "params.yaml"
 PREPARED_DIR = "data/prepared"
 MODELS_DIR = "models"
+FEATURENET_DIR = "models/featurenet"
+METRICS_DIR = "metrics"
+REPORTS_DIR = "reports"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -53,6 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the newest intact checkpoint"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("featurenet", help="train and check the feature network for evaluation")
+    _common(p)
+    p.add_argument("--data", default=PREPARED_DIR, help="prepared dataset (default: %(default)s)")
+    p.add_argument("--out", default=FEATURENET_DIR, help="output directory (default: %(default)s)")
+
+    p = sub.add_parser(
+        "evaluate", help="FID, KID, IS, precision/recall and mode collapse of a generator"
+    )
+    _common(p)
+    p.add_argument("--data", default=PREPARED_DIR, help="prepared dataset (default: %(default)s)")
+    p.add_argument(
+        "--generator", help="generator file (default: models/<train.run_name>/generator.pt)"
+    )
+    p.add_argument(
+        "--featurenet", default=f"{FEATURENET_DIR}/featurenet.pt", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--metrics", default=f"{METRICS_DIR}/eval.json", help="metrics JSON (default: %(default)s)"
+    )
+    p.add_argument(
+        "--reports", default=REPORTS_DIR, help="report images directory (default: %(default)s)"
+    )
     return parser
 
 
@@ -78,6 +104,30 @@ def _run(args: argparse.Namespace) -> dict:
 
         progress = not args.no_progress and sys.stderr.isatty()
         return train(params, args.data, args.out, resume=args.resume, progress=progress)
+    if args.stage == "featurenet":
+        from ganforge.featurenet import train_featurenet
+
+        return train_featurenet(params, args.data, args.out)
+    if args.stage == "evaluate":
+        from ganforge.evaluate import evaluate
+
+        generator = args.generator or f"{MODELS_DIR}/{params.train.run_name}/generator.pt"
+        m = evaluate(params, args.data, generator, args.featurenet, args.metrics, args.reports)
+        keys = (
+            "fid",
+            "fid_ci95",
+            "fid_floor",
+            "kid_mean",
+            "is_mean",
+            "precision",
+            "recall",
+            "class_coverage",
+        )
+        return {
+            **{k: m.get(k) for k in keys},
+            "mode_collapse": m.get("mode_collapse"),
+            "seconds": m["timing_s"]["total_s"],
+        }
     raise AssertionError(args.stage)
 
 

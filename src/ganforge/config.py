@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ganforge.errors import ConfigError
 
@@ -32,6 +32,9 @@ MODEL_IMAGE_SIZES: dict[str, tuple[int, ...]] = {
     "wgan-gp": CONV_IMAGE_SIZES,
     "cdcgan": CONV_IMAGE_SIZES,
 }
+
+
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
 
 class _Section(BaseModel):
@@ -65,29 +68,86 @@ class TrainParams(_Section):
     g_width: int = Field(32, ge=4, le=1024)
     d_width: int = Field(32, ge=4, le=1024)
     batch_size: int = Field(64, ge=1, le=65536)
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(3000, ge=1)
     lr: float = Field(2e-4, gt=0.0, le=1.0)
     d_lr: float | None = Field(None, gt=0.0, le=1.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     n_critic: int = Field(5, ge=1, le=100)
     gp_lambda: float = Field(10.0, ge=0.0)
+    r1_gamma: float = Field(1.0, ge=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1)
     grid_size: int = Field(64, ge=1, le=1024)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
     data_on_device: bool = True
     seed: int = Field(0, ge=0)
 
+    @field_validator("run_name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == "featurenet":
+            raise ValueError("'featurenet' is reserved for the feature network's directory")
+        return v
+
+
+class FeaturenetParams(_Section):
+    epochs: int = Field(8, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    lr: float = Field(3e-3, gt=0.0, le=1.0)
+    width: int = Field(32, ge=4, le=512)
+    feature_dim: int = Field(128, ge=2, le=4096)
+    max_shift: int = Field(2, ge=0, le=8)
+    min_accuracy: float | Literal["auto"] = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("min_accuracy")
+    @classmethod
+    def _fraction(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0.0 <= v <= 1.0:
+            raise ValueError("must be auto or a fraction in [0, 1]")
+        return v
+
+
+class EvaluateParams(_Section):
+    features: Literal["featurenet", "inception"] = "featurenet"
+    inception_weights: str = ""
+    num_samples: int = Field(10000, ge=2, le=1_000_000)
+    real_split: Literal["train", "holdout"] = "train"
+    batch_size: int = Field(500, ge=1, le=65536)
+    bootstrap: int = Field(200, ge=0, le=10000)
+    kid_subsets: int = Field(50, ge=1, le=10000)
+    kid_subset_size: int = Field(1000, ge=2)
+    is_splits: int = Field(10, ge=1, le=100)
+    stable_samples: int = Field(5000, ge=2)
+    coverage_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    kl_threshold: float = Field(0.2, gt=0.0)
+    pr_k: int = Field(3, ge=1, le=100)
+    pr_samples: int = Field(5000, ge=2)
+    interpolation_steps: int = Field(10, ge=2, le=64)
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _inception_needs_weights_or_network(self) -> EvaluateParams:
+        if self.inception_weights and self.features != "inception":
+            raise ValueError(
+                "evaluate.inception_weights: only used with evaluate.features=inception"
+            )
+        return self
+
 
 class Params(_Section):
     prepare: PrepareParams = PrepareParams()
     train: TrainParams = TrainParams()
+    featurenet: FeaturenetParams = FeaturenetParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
     def _compatible(self) -> Params:

@@ -36,6 +36,7 @@ from ganforge.checkpoint import load_latest, save_generator, save_state
 from ganforge.config import Params
 from ganforge.data import load_split
 from ganforge.errors import CheckpointError, ConfigError, DivergenceError
+from ganforge.grids import fixed_grid_inputs, save_grid
 from ganforge.io import atomic_path, write_json
 from ganforge.models import ModelSpec, make_variant
 
@@ -153,7 +154,7 @@ class Trainer:
             d_width=tp.d_width,
         )
         self.variant = make_variant(
-            tp.model, self.spec, n_critic=tp.n_critic, gp_lambda=tp.gp_lambda
+            tp.model, self.spec, n_critic=tp.n_critic, gp_lambda=tp.gp_lambda, r1_gamma=tp.r1_gamma
         )
         self.conditional = self.variant.conditional
         fmt = torch.channels_last if tp.channels_last else torch.contiguous_format
@@ -261,35 +262,6 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- stage
-
-
-def fixed_grid_inputs(n: int, latent_dim: int, num_classes: int, conditional: bool, seed: int):
-    """Noise (and labels) for the sample grids: the same every run with the same seed.
-
-    Conditional: labels cycle 0..K-1, so with ``nrow=K`` each column is one class.
-    """
-    if conditional:
-        n = -(-n // num_classes) * num_classes  # whole rows: every class equally often
-    g = torch.Generator().manual_seed(seed + 7919)
-    z = torch.randn(n, latent_dim, generator=g)
-    labels = torch.arange(n) % num_classes if conditional else None
-    nrow = num_classes if conditional else max(1, int(math.sqrt(n)))
-    return z, labels, nrow
-
-
-def save_grid(images: Tensor, path: Path, nrow: int, min_tile: int = 48) -> None:
-    """PNG grid of (N, C, H, W) images in [-1, 1]; tiles smaller than ``min_tile`` px are
-    enlarged by an integer factor (nearest neighbour: pixels stay sharp and honest)."""
-    from torchvision.utils import save_image
-
-    images = images.detach().float().cpu()
-    factor = max(1, -(-min_tile // images.shape[-1]))
-    if factor > 1:
-        images = torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
-    with atomic_path(path) as tmp:
-        save_image(
-            images, tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2, format="PNG"
-        )
 
 
 def _write_history(path: Path, rows: list[dict[str, float]]) -> None:

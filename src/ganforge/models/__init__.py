@@ -16,11 +16,16 @@ VARIANTS: dict[str, type[Variant]] = {v.name: v for v in (MLPGAN, DCGAN, WGANGP,
 
 
 def make_variant(
-    family: str, spec: ModelSpec, *, n_critic: int = 1, gp_lambda: float = 10.0
+    family: str,
+    spec: ModelSpec,
+    *,
+    n_critic: int = 1,
+    gp_lambda: float = 10.0,
+    r1_gamma: float = 0.0,
 ) -> Variant:
     if family not in VARIANTS:
         raise KeyError(f"unknown model family {family!r} (known: {', '.join(VARIANTS)})")
-    return VARIANTS[family](spec, n_critic=n_critic, gp_lambda=gp_lambda)
+    return VARIANTS[family](spec, n_critic=n_critic, gp_lambda=gp_lambda, r1_gamma=r1_gamma)
 
 
 def build_generator(family: str, kwargs: dict) -> nn.Module:

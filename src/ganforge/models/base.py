@@ -17,6 +17,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ganforge import losses
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -41,10 +43,13 @@ class Variant:
     generator_cls: ClassVar[type[nn.Module]]
     discriminator_cls: ClassVar[type[nn.Module]]
 
-    def __init__(self, spec: ModelSpec, *, n_critic: int = 1, gp_lambda: float = 10.0) -> None:
+    def __init__(
+        self, spec: ModelSpec, *, n_critic: int = 1, gp_lambda: float = 10.0, r1_gamma: float = 0.0
+    ) -> None:
         self.spec = spec
         self.n_critic = n_critic
         self.gp_lambda = gp_lambda
+        self.r1_gamma = r1_gamma
 
     @property
     def d_steps(self) -> int:
@@ -82,6 +87,23 @@ class Variant:
         self, D: nn.Module, fake: Tensor, labels: Tensor | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+
+def bce_d_loss(
+    variant: Variant, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The minimax discriminator step shared by mlp, dcgan and cdcgan, plus R1 if r1_gamma > 0."""
+    real_logits, fake_logits = D(real, labels), D(fake, labels)
+    loss = losses.d_loss_bce(real_logits, fake_logits)
+    stats = {
+        "d_real": real_logits.detach().sigmoid().mean(),
+        "d_fake": fake_logits.detach().sigmoid().mean(),
+    }
+    if variant.r1_gamma > 0:
+        r1 = losses.r1_penalty(lambda x: D(x, labels), real)
+        loss = loss + 0.5 * variant.r1_gamma * r1
+        stats["r1"] = r1.detach()
+    return loss, stats
 
 
 def init_dcgan_weights(module: nn.Module) -> None:

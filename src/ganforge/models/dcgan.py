@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ganforge import losses
-from ganforge.models.base import Variant, init_dcgan_weights
+from ganforge.models.base import Variant, bce_d_loss, init_dcgan_weights
 
 
 def conv_plan(image_size: int) -> tuple[int, int]:
@@ -128,12 +128,7 @@ class DCGAN(Variant):
     discriminator_cls = DCGANDiscriminator
 
     def d_loss(self, D, real, fake, labels):
-        real_logits, fake_logits = D(real, labels), D(fake, labels)
-        loss = losses.d_loss_bce(real_logits, fake_logits)
-        return loss, {
-            "d_real": real_logits.detach().sigmoid().mean(),
-            "d_fake": fake_logits.detach().sigmoid().mean(),
-        }
+        return bce_d_loss(self, D, real, fake, labels)
 
     def g_loss(self, D, fake, labels):
         return losses.g_loss_nonsaturating(D(fake, labels)), {}

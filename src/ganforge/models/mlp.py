@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ganforge import losses
-from ganforge.models.base import Variant, init_dcgan_weights
+from ganforge.models.base import Variant, bce_d_loss, init_dcgan_weights
 
 
 class MLPGenerator(nn.Module):
@@ -55,12 +55,7 @@ class MLPGAN(Variant):
     discriminator_cls = MLPDiscriminator
 
     def d_loss(self, D, real, fake, labels):
-        real_logits, fake_logits = D(real), D(fake)
-        loss = losses.d_loss_bce(real_logits, fake_logits)
-        return loss, {
-            "d_real": real_logits.detach().sigmoid().mean(),
-            "d_fake": fake_logits.detach().sigmoid().mean(),
-        }
+        return bce_d_loss(self, D, real, fake, None)
 
     def g_loss(self, D, fake, labels):
         return losses.g_loss_nonsaturating(D(fake)), {}

@@ -1,0 +1,56 @@
+"""Sample grids as PNG (torchvision's make_grid/save_image), written atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ganforge.io import atomic_path
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int, min_tile: int = 48) -> None:
+    """PNG grid of (N, C, H, W) images in [-1, 1]; tiles smaller than ``min_tile`` px are
+    enlarged by an integer factor (nearest neighbour: pixels stay sharp and honest)."""
+    from torchvision.utils import save_image
+
+    images = images.detach().float().cpu()
+    factor = max(1, -(-min_tile // images.shape[-1]))
+    if factor > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+    with atomic_path(path) as tmp:
+        save_image(
+            images, tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2, format="PNG"
+        )
+
+
+def fixed_grid_inputs(
+    n: int, latent_dim: int, num_classes: int, conditional: bool, seed: int
+) -> tuple[Tensor, Tensor | None, int]:
+    """Noise (and labels) for sample grids, the same every run with the same seed -> (z, labels, nrow).
+
+    Conditional: ``n`` is rounded up to whole rows and labels cycle 0..K-1, so with
+    ``nrow=K`` each column is one class.
+    """
+    if conditional:
+        n = -(-n // num_classes) * num_classes
+    g = torch.Generator().manual_seed(seed + 7919)
+    z = torch.randn(n, latent_dim, generator=g)
+    labels = torch.arange(n) % num_classes if conditional else None
+    nrow = num_classes if conditional else max(1, int(math.sqrt(n)))
+    return z, labels, nrow
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between latent batches a, b (N, D) at fractions t (T,) -> (N, T, D).
+
+    Gaussian latents concentrate near a sphere; a straight line between two of them passes
+    through the low-norm interior the generator never saw, slerp stays on the shell.
+    """
+    a_n, b_n = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    omega = torch.acos((a_n * b_n).sum(1).clamp(-1 + 1e-7, 1 - 1e-7))[:, None, None]  # (N, 1, 1)
+    t = t[None, :, None]  # (1, T, 1)
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a[:, None] + (torch.sin(t * omega) / so) * b[:, None]

@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ganforge.data import load_split
+from ganforge.errors import ConfigError
+from ganforge.evaluate import (
+    EvaluationError,
+    InceptionFeatures,
+    class_histogram,
+    evaluate,
+    fid,
+    fid_bootstrap,
+    inception_score,
+    kid,
+    mode_collapse,
+    precision_recall,
+)
+from ganforge.featurenet import load_featurenet, to_float
+from ganforge.train import train
+
+from .conftest import tiny_params
+
+
+def gaussian(n, d=16, seed=0, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) + shift
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
+    x = gaussian(2000)
+    assert fid(x, x) == pytest.approx(0.0, abs=1e-6)
+    noisy = [fid(x, x + s * gaussian(2000, seed=1)) for s in (0.1, 0.5, 1.0, 2.0)]
+    assert noisy == sorted(noisy) and noisy[0] > 0
+    # two draws of one Gaussian: small; a mean shift of 1 in each of 16 dims adds |mu|^2 = 16
+    assert fid(x, gaussian(2000, seed=2)) < 0.5
+    assert fid(x, gaussian(2000, seed=2, shift=1.0)) == pytest.approx(16.0, rel=0.1)
+
+
+def test_fid_interval_brackets_the_estimate():
+    a, b = gaussian(1000), gaussian(1000, seed=3, shift=0.5)
+    lo, hi = fid_bootstrap(a, b, replicates=50, seed=0)
+    assert lo < fid(a, b) < hi
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_otherwise():
+    a, b = gaussian(1000), gaussian(1000, seed=1)
+    same, _ = kid(a, b, subsets=20, subset_size=500, seed=0)
+    diff, _ = kid(a, gaussian(1000, seed=1, shift=1.0), subsets=20, subset_size=500, seed=0)
+    assert abs(same) < 0.01 and diff > 10 * max(abs(same), 1e-3)
+
+
+def test_inception_score_known_values():
+    confident = torch.eye(10).repeat(1000, 1) * 100.0  # sure of one class each, all classes equally
+    mean, _ = inception_score(confident, splits=5, seed=0)
+    assert mean == pytest.approx(10.0, rel=0.01)  # splits of a shuffle are only nearly uniform
+    mean, _ = inception_score(torch.zeros(500, 10), splits=5, seed=0)  # no idea: IS = 1
+    assert mean == pytest.approx(1.0, abs=1e-4)
+    stuck = torch.zeros(500, 10)
+    stuck[:, 3] = 100.0  # sure, but always the same class: IS = 1
+    assert inception_score(stuck, splits=5, seed=0)[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_precision_recall_known_cases():
+    real = gaussian(1000)
+    p, r = precision_recall(real, gaussian(1000, seed=1), k=3)
+    assert p > 0.7 and r > 0.7 and abs(p - r) < 0.1  # one distribution: symmetric, high
+    collapsed = real[:1].repeat(1000, 1) + 0.01 * gaussian(
+        1000, seed=2
+    )  # every sample ~ one real point
+    p, r = precision_recall(real, collapsed, k=3)
+    assert p > 0.9 and r < 0.05
+    far = gaussian(1000, seed=3, shift=10.0)
+    assert precision_recall(real, far, k=3) == (0.0, 0.0)
+
+
+def test_mode_collapse_rule_on_real_data(digits_dir, digits_featurenet):
+    """Real held-out digits are not flagged; a 'generator' that only makes zeros is."""
+    net, _ = load_featurenet(digits_featurenet)
+    train_split, hold = load_split(digits_dir, "train"), load_split(digits_dir, "holdout")
+    real_hist = class_histogram(train_split.labels, 10)
+    with torch.no_grad():
+        hold_pred = net(to_float(hold.images, torch.device("cpu"))).argmax(1)
+        zeros = hold.images[hold.labels == 0]
+        zero_pred = net(to_float(zeros, torch.device("cpu"))).argmax(1)
+    healthy = mode_collapse(real_hist, class_histogram(hold_pred, 10), 0.5, 0.2)
+    assert (
+        healthy["mode_collapse"] is False
+        and healthy["class_coverage"] == 1.0
+        and healthy["kl_class"] < 0.05
+    )
+    stuck = mode_collapse(real_hist, class_histogram(zero_pred, 10), 0.5, 0.2)
+    assert stuck["mode_collapse"] is True and stuck["class_coverage"] == pytest.approx(0.1)
+    assert stuck["classes_missed"] == list(range(1, 10)) and stuck["kl_class"] > 2.0
+    assert "class_coverage < 1" in stuck["mode_collapse_rule"]
+
+
+def test_evaluate_end_to_end(tmp_path, digits_dir, digits_featurenet, digits_generator):
+    params = tiny_params(
+        evaluate={"num_samples": 600, "bootstrap": 20, "kid_subsets": 10, "pr_samples": 400}
+    )
+    m = evaluate(
+        params,
+        digits_dir,
+        digits_generator,
+        digits_featurenet,
+        tmp_path / "eval.json",
+        tmp_path / "rep",
+    )
+    assert json.loads((tmp_path / "eval.json").read_text()) == m
+    assert m["fid_ci95"][0] <= m["fid"] <= m["fid_ci95"][1]
+    assert (
+        m["fid_floor"] < m["fid_at_floor_samples"]
+    )  # a 200-step model is told apart from real data
+    for key in (
+        "kid_mean",
+        "is_mean",
+        "precision",
+        "recall",
+        "class_coverage",
+        "kl_class",
+        "mode_collapse",
+    ):
+        assert key in m
+    proto = m["protocol"]
+    assert (proto["num_generated"], proto["num_real"], proto["floor_samples"]) == (600, 600, 600)
+    assert proto["featurenet_sha256"] and proto["generator_sha256"] and proto["seed"] == 0
+    assert any("unstable" in w for w in m["warnings"])  # 600 < stable_samples
+    assert (tmp_path / "rep/samples.png").is_file() and (
+        tmp_path / "rep/interpolation.png"
+    ).is_file()
+    assert set(m["per_class"]) == {str(i) for i in range(10)}
+    # same inputs, same numbers
+    again = evaluate(
+        params,
+        digits_dir,
+        digits_generator,
+        digits_featurenet,
+        tmp_path / "e2.json",
+        tmp_path / "r2",
+    )
+    assert {k: again[k] for k in ("fid", "fid_ci95", "kid_mean", "precision")} == {
+        k: m[k] for k in ("fid", "fid_ci95", "kid_mean", "precision")
+    }
+
+
+def test_conditional_reports(tmp_path, digits_dir, digits_featurenet):
+    params = tiny_params(
+        train={"model": "cdcgan", "steps": 30},
+        evaluate={"num_samples": 300, "bootstrap": 5, "kid_subsets": 5},
+    )
+    train(params, digits_dir, tmp_path / "runs", progress=False)
+    m = evaluate(
+        params,
+        digits_dir,
+        tmp_path / "runs/main/generator.pt",
+        digits_featurenet,
+        tmp_path / "e.json",
+        tmp_path / "rep",
+    )
+    assert 0.0 <= m["label_accuracy"] <= 1.0
+    assert (tmp_path / "rep/per_class.png").is_file()
+
+
+def test_mismatched_data_is_refused(tmp_path, digits_dir, digits_featurenet, digits_generator):
+    from ganforge.data import prepare
+
+    other = tmp_path / "other"
+    prepare(tiny_params(prepare={"seed": 1}).prepare, other)  # another split of the same digits
+    with pytest.raises(EvaluationError, match="generator.pt: trained on other data"):
+        evaluate(
+            tiny_params(),
+            other,
+            digits_generator,
+            digits_featurenet,
+            tmp_path / "e.json",
+            tmp_path / "r",
+        )
+    assert not (tmp_path / "e.json").exists()
+
+
+# --------------------------------------------------------------------------- standard Inception FID
+
+
+@pytest.fixture(scope="module")
+def local_inception_weights(tmp_path_factory):
+    """A weights file of the FID InceptionV3 architecture, made here (random init, no download)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    original_fetch, original_load = tfi.load_state_dict_from_url, nn.Module.load_state_dict
+    tfi.load_state_dict_from_url = lambda *a, **k: {}  # never the network
+    nn.Module.load_state_dict = lambda self, *a, **k: None  # keep the random init
+    try:
+        torch.manual_seed(0)
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        tfi.load_state_dict_from_url, nn.Module.load_state_dict = original_fetch, original_load
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_features_from_a_local_file(local_inception_weights):
+    ext = InceptionFeatures(str(local_inception_weights), torch.device("cpu"), batch=4)
+    f, logits = ext(torch.rand(3, 1, 28, 28) * 2 - 1)
+    assert f.shape == (3, 2048) and logits.shape == (3, 1008) and torch.isfinite(f).all()
+    assert ext.record["inception_sha256"]
+
+
+def test_inception_evaluation_end_to_end(
+    tmp_path, digits_dir, digits_featurenet, digits_generator, local_inception_weights
+):
+    params = tiny_params(
+        evaluate={
+            "features": "inception",
+            "inception_weights": str(local_inception_weights),
+            "num_samples": 12,
+            "bootstrap": 3,
+            "kid_subsets": 2,
+            "is_splits": 2,
+            "pr_samples": 12,
+        }
+    )
+    m = evaluate(
+        params, digits_dir, digits_generator, digits_featurenet, tmp_path / "e.json", tmp_path / "r"
+    )
+    assert m["protocol"]["features"] == "inception" and m["protocol"]["feature_dim"] == 2048
+    assert np.isfinite(m["fid"]) and m["mode_collapse"] is None
+
+
+def test_inception_offline_without_weights_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANFORGE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(ConfigError, match="supply pt_inception-2015-12-05-6726825d.pth"):
+        InceptionFeatures("", torch.device("cpu"), batch=4)
+
+
+class _NotATensor:
+    pass
+
+
+def test_inception_weights_must_be_plain_tensors(tmp_path):
+    bad = tmp_path / "evil.pth"
+    torch.save({"x": _NotATensor()}, bad)  # loading it would need to run this module's code
+    with pytest.raises(ConfigError, match="evil.pth is not a weights file"):
+        InceptionFeatures(str(bad), torch.device("cpu"), batch=4)
+    other = tmp_path / "other.pth"
+    torch.save({"w": torch.zeros(2)}, other)
+    with pytest.raises(ConfigError, match="not an FID InceptionV3 state dict"):
+        InceptionFeatures(str(other), torch.device("cpu"), batch=4)

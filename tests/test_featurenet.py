@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ganforge.checkpoint import CheckpointError
+from ganforge.data import prepare
+from ganforge.featurenet import FeatureNet, FeatureNetError, load_featurenet, train_featurenet
+
+from .conftest import tiny_params
+
+
+def test_shapes_and_num_features():
+    net = FeatureNet(channels=3, num_classes=7, width=8, feature_dim=24)
+    x = torch.rand(5, 3, 32, 32) * 2 - 1
+    f, logits = net.features_and_logits(x)
+    assert f.shape == (5, 24) and logits.shape == (5, 7) and net.num_features == 24
+
+
+def test_digits_accuracy_and_record(digits_featurenet):
+    net, meta = load_featurenet(digits_featurenet)
+    assert meta["holdout_accuracy"] >= 0.95
+    metrics = json.loads((digits_featurenet.parent / "metrics.json").read_text())
+    assert metrics["sha256"] == meta["sha256"] and metrics["min_accuracy"] == 0.95
+    assert not net.training
+
+
+def test_weak_network_fails_the_stage(tmp_path, digits_dir):
+    params = tiny_params(
+        featurenet={"epochs": 1, "width": 4, "feature_dim": 4, "min_accuracy": 1.0}
+    )
+    with pytest.raises(
+        FeatureNetError, match=r"held-out accuracy 0\.\d+ is below featurenet.min_accuracy 1.00"
+    ):
+        train_featurenet(params, digits_dir, tmp_path / "fn")
+    assert not (tmp_path / "fn" / "featurenet.pt").exists()
+
+
+def test_damaged_file_is_refused(tmp_path, digits_featurenet):
+    bad = tmp_path / "featurenet.pt"
+    blob = bytearray(digits_featurenet.read_bytes())
+    blob[len(blob) // 2] ^= 0x40
+    bad.write_bytes(bytes(blob))
+    (tmp_path / "featurenet.pt.sha256").write_text(
+        (digits_featurenet.parent / "featurenet.pt.sha256").read_text()
+    )
+    with pytest.raises(CheckpointError, match="featurenet.pt: sha256 does not match"):
+        load_featurenet(bad)
+
+
+@pytest.mark.slow
+def test_real_mnist_reaches_98_percent(tmp_path, mnist_dir):
+    params = tiny_params(prepare={"source": "mnist-idx", "path": str(mnist_dir), "image_size": 28})
+    prepare(params.prepare, tmp_path / "mnist")
+    metrics = train_featurenet(params, tmp_path / "mnist", tmp_path / "fn")
+    assert metrics["min_accuracy"] == 0.98
+    assert metrics["holdout_accuracy"] >= 0.98, metrics
