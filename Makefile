@@ -14,14 +14,11 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[eval,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[eval,pipeline,serve,dev]"
 	@touch $@
 
-run: $(STAMP) ## prepare the embedded digits, train the feature network and a DCGAN, evaluate it
-	$(BIN)/ganforge prepare
-	$(BIN)/ganforge featurenet
-	$(BIN)/ganforge train
-	$(BIN)/ganforge evaluate
+run: $(STAMP) ## the whole pipeline (dvc repro): prepare, featurenet, train, evaluate, export, promote
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP) ## the whole test suite, slow end-to-end tests included
 	$(BIN)/python -m pytest
@@ -34,4 +31,4 @@ lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff format --check src tests pipelines
 
 clean: ## remove outputs of runs (keeps .venv)
-	rm -rf data/prepared models/*/ metrics reports
+	rm -rf data/prepared models/*/ metrics reports exported

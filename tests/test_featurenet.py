@@ -57,3 +57,10 @@ def test_real_mnist_reaches_98_percent(tmp_path, mnist_dir):
     metrics = train_featurenet(params, tmp_path / "mnist", tmp_path / "fn")
     assert metrics["min_accuracy"] == 0.98
     assert metrics["holdout_accuracy"] >= 0.98, metrics
+
+
+def test_same_data_and_seed_give_the_same_file(tmp_path, digits_dir):
+    params = tiny_params(featurenet={"epochs": 1, "min_accuracy": 0.0})
+    a = train_featurenet(params, digits_dir, tmp_path / "a")
+    b = train_featurenet(params, digits_dir, tmp_path / "b")
+    assert a["sha256"] == b["sha256"]

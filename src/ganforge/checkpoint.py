@@ -16,6 +16,7 @@ Two kinds:
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 import zipfile
@@ -40,8 +41,12 @@ def _sidecar(path: Path) -> Path:
 
 def save_verified(obj: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
+    # Serialise to memory first: torch.save names the zip's inner folder after the file it
+    # writes, and our temp names are random, so identical weights would hash differently.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())
     digest = sha256_file(path)
     with atomic_path(_sidecar(path)) as tmp:
         tmp.write_text(f"{digest}  {path.name}\n")

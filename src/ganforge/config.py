@@ -81,6 +81,7 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1)
     grid_size: int = Field(64, ge=1, le=1024)
+    fid_samples: int = Field(1000, ge=0, le=100000)
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     bf16: bool = False
     channels_last: bool = False
@@ -143,11 +144,40 @@ class EvaluateParams(_Section):
         return self
 
 
+class ExportParams(_Section):
+    parity_tolerance: float = Field(1e-4, gt=0.0, le=1.0)
+    parity_batches: list[int] = Field([1, 64], min_length=1)
+    parity_seed: int = Field(0, ge=0)
+
+    @field_validator("parity_batches")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 or b > 4096 for b in v):
+            raise ValueError("every batch must be in 1..4096")
+        return v
+
+
+class MlflowParams(_Section):
+    enabled: Literal["auto", "true", "false"] = "auto"
+    experiment_prefix: str = Field("ganforge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    registered_model_prefix: str = Field("ganforge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ScheduleParams(_Section):
+    cron: str = Field("0 3 * * 0", pattern=r"^\S+( \S+){4}$")
+    deployment: str = Field("weekly-retrain", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay_s: int = Field(10, ge=0, le=3600)
+
+
 class Params(_Section):
     prepare: PrepareParams = PrepareParams()
     train: TrainParams = TrainParams()
     featurenet: FeaturenetParams = FeaturenetParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    mlflow: MlflowParams = MlflowParams()
+    schedule: ScheduleParams = ScheduleParams()
 
     @model_validator(mode="after")
     def _compatible(self) -> Params:

@@ -549,3 +549,27 @@ def evaluate(
     }
     write_json(metrics_path, metrics)
     return metrics
+
+
+def log_to_tracker(
+    tracker, metrics: dict[str, Any], metrics_path: str | Path, reports_dir: str | Path
+) -> None:
+    """Every number as an MLflow metric, the protocol as tags, eval.json and the reports as artifacts."""
+    if not tracker.active:
+        return
+    numbers = {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
+    }
+    numbers["fid_ci95_low"], numbers["fid_ci95_high"] = metrics["fid_ci95"]
+    if metrics.get("mode_collapse") is not None:
+        numbers["mode_collapse"] = float(metrics["mode_collapse"])
+    tracker.log_metrics({k: v for k, v in numbers.items() if v is not None})
+    tags = {f"eval.{k}": v for k, v in metrics["protocol"].items()}
+    tags["eval.mode_collapse_rule"] = metrics.get("mode_collapse_rule")
+    tags["eval.warnings"] = " | ".join(metrics.get("warnings", [])) or None
+    tracker.set_tags(tags)
+    tracker.log_artifact(metrics_path, "eval")
+    for png in sorted(Path(reports_dir).glob("*.png")):
+        tracker.log_artifact(png, "eval")

@@ -54,3 +54,40 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     t = t[None, :, None]  # (1, T, 1)
     so = torch.sin(omega)
     return (torch.sin((1 - t) * omega) / so) * a[:, None] + (torch.sin(t * omega) / so) * b[:, None]
+
+
+def plot_curves(
+    history: list[dict[str, float]], fid_rows: list[dict[str, float]], path: str | Path
+) -> bool:
+    """Loss curves (and FID per sample step) as a PNG that renders offline; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not history:
+        return False
+    panels = 2 if fid_rows else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.6), squeeze=False)
+    ax = axes[0][0]
+    steps = [r["step"] for r in history]
+    window = max(1, len(history) // 100)  # moving average: raw per-step losses are noise
+    for key in ("d_loss", "g_loss"):
+        values = torch.tensor([r[key] for r in history], dtype=torch.float64)
+        smooth = values.unfold(0, window, 1).mean(1) if len(values) >= window else values
+        ax.plot(steps[window - 1 :], smooth.tolist(), label=key)
+    ax.set_xlabel("step")
+    ax.set_title(f"losses (moving average of {window})")
+    ax.legend()
+    if fid_rows:
+        ax = axes[0][1]
+        ax.plot([r["step"] for r in fid_rows], [r["fid"] for r in fid_rows], marker="o")
+        ax.set_xlabel("step")
+        ax.set_title("FID of EMA samples (feature network)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return True

@@ -36,9 +36,10 @@ from ganforge.checkpoint import load_latest, save_generator, save_state
 from ganforge.config import Params
 from ganforge.data import load_split
 from ganforge.errors import CheckpointError, ConfigError, DivergenceError
-from ganforge.grids import fixed_grid_inputs, save_grid
+from ganforge.grids import fixed_grid_inputs, plot_curves, save_grid
 from ganforge.io import atomic_path, write_json
 from ganforge.models import ModelSpec, make_variant
+from ganforge.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +302,18 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    tracker: Tracker | None = None,
+    featurenet: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train ``params.train.model`` on the prepared ``data_dir``; returns the summary dict."""
+    """Train ``params.train.model`` on the prepared ``data_dir``; returns the summary dict.
+
+    ``tracker`` receives params, per-step losses and grids (MLflow when the CLI opens one);
+    with a ``featurenet`` file, the FID of ``train.fid_samples`` EMA samples is measured at
+    every sample grid (``fid_history.csv``): quality over training, next to the losses.
+    """
     from tqdm import tqdm
+
+    tracker = tracker or Tracker()
 
     tp = params.train
     device = resolve_device(tp.device)
@@ -342,6 +352,14 @@ def train(
     samples_dir = run_dir / "samples"
     if trainer.step_count == 0:
         save_grid(trainer.sample(z_fixed, y_fixed), samples_dir / "step_00000000.png", nrow)
+    probe = None
+    if featurenet is not None and tp.fid_samples:
+        probe = _FidProbe.create(Path(featurenet), split, tp, trainer.conditional, device)
+    fid_rows = (
+        [r for r in _read_csv(run_dir / "fid_history.csv") if r["step"] <= trainer.step_count]
+        if resume
+        else []
+    )
 
     images_per_step = tp.batch_size * trainer.variant.d_steps  # real images the discriminator sees
     pending: list[dict[str, Tensor]] = []
@@ -381,6 +399,7 @@ def train(
                     "img_per_s": last_rate,
                 }
             )
+        tracker.log_history(history[-len(values) :])
         pending.clear()
 
     def checkpoint() -> None:
@@ -418,7 +437,13 @@ def train(
                 d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}", img_s=f"{last_rate:,.0f}"
             )
         if step % tp.sample_every == 0 or step == tp.steps:
-            save_grid(trainer.sample(z_fixed, y_fixed), samples_dir / f"step_{step:08d}.png", nrow)
+            grid_path = samples_dir / f"step_{step:08d}.png"
+            save_grid(trainer.sample(z_fixed, y_fixed), grid_path, nrow)
+            tracker.log_artifact(grid_path, "samples")
+            if probe is not None:
+                fid_rows.append({"step": step, "fid": probe(trainer)})
+                _write_history(run_dir / "fid_history.csv", fid_rows)
+                tracker.log_metrics({"fid_ema": fid_rows[-1]["fid"]}, step)
         if step % tp.checkpoint_every == 0 or step == tp.steps:
             flush()
             checkpoint()
@@ -463,4 +488,51 @@ def train(
         "torch": torch.__version__,
     }
     write_json(run_dir / "summary.json", summary)
+    plot_curves(history, fid_rows, run_dir / "curves.png")
+    tracker.log_metrics({"img_per_s": summary["img_per_s"], "train_seconds": summary["seconds"]})
+    for name in ("samples.png", "curves.png", "history.csv", "fid_history.csv", "summary.json"):
+        if (run_dir / name).is_file():
+            tracker.log_artifact(run_dir / name)
     return summary
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+class _FidProbe:
+    """FID of EMA samples against real training images in the feature network's space.
+
+    Fixed noise (and, for cdcgan, the real label mix), ``train.fid_samples`` per side: cheap
+    enough to run at every sample grid, comparable across steps of one run.
+    """
+
+    def __init__(self, extract, real_f: Tensor, z: Tensor, y: Tensor | None) -> None:
+        self.extract, self.real_f, self.z, self.y = extract, real_f, z, y
+
+    @classmethod
+    def create(
+        cls, path: Path, split, tp, conditional: bool, device: torch.device
+    ) -> _FidProbe | None:
+        from ganforge.evaluate import DomainFeatures
+
+        extract = DomainFeatures(path, device, batch=500)
+        if extract.meta["data_sha256"] != split.manifest["content_sha256"]:
+            log.warning("%s was trained on other data: no FID during training", path)
+            return None
+        n = min(tp.fid_samples, len(split.images))
+        idx = np.random.default_rng(tp.seed).choice(len(split.images), n, replace=False)
+        real = torch.from_numpy(split.images[idx]).to(device).float().div_(127.5).sub_(1.0)
+        real_f, _ = extract(real)
+        z = torch.randn(n, tp.latent_dim, generator=torch.Generator().manual_seed(tp.seed + 13))
+        y = torch.from_numpy(split.labels[idx]) if conditional else None
+        return cls(extract, real_f.cpu(), z, y)
+
+    def __call__(self, trainer: Trainer) -> float:
+        from ganforge.evaluate import fid
+
+        fake_f, _ = self.extract(trainer.sample(self.z, self.y))
+        return fid(self.real_f, fake_f.cpu())

@@ -1,0 +1,225 @@
+"""Stage ``export``: the EMA generator as ONNX, gated by a parity check against PyTorch.
+
+    ganforge export [--generator models/main/generator.pt] [--out models/main/generator.onnx]
+                    [--metrics metrics/export.json]
+    ganforge export --verify path.onnx [--generator ...]   # re-check an existing file
+
+The file (torch.onnx, dynamo exporter, weights inside, opset of the exporter):
+- inputs ``z`` float32 (N, latent_dim) and, for ``cdcgan``, ``labels`` int64 (N,);
+  N is dynamic; output ``images`` float32 (N, C, H, W) in [-1, 1];
+- ``metadata_props``: family, latent size, classes and their names, image size, channels,
+  output range, training run id, params hash, generator sha256.
+
+Validation: ``onnx.checker``, then onnxruntime against the PyTorch generator on fixed
+seeds at ``export.parity_batches`` (1 and 64): the max absolute difference must be at most
+``export.parity_tolerance`` (1e-4, fp32). A breach fails the stage with the measured
+difference and writes nothing, so a failed export is never registered or promoted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ganforge.checkpoint import load_generator
+from ganforge.config import Params
+from ganforge.errors import GanforgeError
+from ganforge.io import atomic_path, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(GanforgeError):
+    """The ONNX model is invalid or does not match the PyTorch generator."""
+
+
+class _Unconditional(nn.Module):
+    """forward(z) for unconditional generators, so the graph has exactly one input."""
+
+    def __init__(self, G: nn.Module) -> None:
+        super().__init__()
+        self.G = G
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.G(z)
+
+
+def _params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None, generator_sha256: str):
+    """The ONNX ModelProto of generator G (eval mode, CPU) with ganforge metadata."""
+    import onnx
+    from torch.export import Dim
+
+    conditional = meta["family"] == "cdcgan"
+    latent = meta["generator_kwargs"]["latent_dim"]
+    batch = Dim("batch", min=1, max=65536)
+    z = torch.randn(2, latent)
+    if conditional:
+        args, dyn, names = (
+            (z, torch.tensor([0, 1])),
+            {"z": {0: batch}, "labels": {0: batch}},
+            ["z", "labels"],
+        )
+        module: nn.Module = G
+    else:
+        args, dyn, names = (z,), {"z": {0: batch}}, ["z"]
+        module = _Unconditional(G)
+    for name in (
+        "onnxscript",
+        "torch.onnx",
+        "onnx_ir",
+    ):  # their pass-by-pass INFO lines are noise here
+        logging.getLogger(name).setLevel(logging.WARNING)
+    program = torch.onnx.export(
+        module, args, dynamo=True, dynamic_shapes=dyn, external_data=False,
+        input_names=names, output_names=["images"], verbose=False,
+    )  # fmt: skip
+    model = program.model_proto
+    data = meta["data"]
+    props = {
+        "ganforge.family": meta["family"],
+        "ganforge.latent_dim": str(latent),
+        "ganforge.conditional": "true" if conditional else "false",
+        "ganforge.num_classes": str(data["num_classes"]),
+        "ganforge.class_names": json.dumps(data["class_names"]),
+        "ganforge.image_size": str(data["image_size"]),
+        "ganforge.channels": str(data["channels"]),
+        "ganforge.output_range": "[-1, 1] float32 (N, C, H, W)",
+        "ganforge.training_run_id": run_id or "",
+        "ganforge.params_sha256": _params_hash(meta["params"]),
+        "ganforge.generator_sha256": generator_sha256,
+        "ganforge.step": str(meta["step"]),
+    }
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(model)
+    return model
+
+
+def parity(
+    model_bytes: bytes, G: nn.Module, meta: dict[str, Any], batches: list[int], seed: int
+) -> dict[str, Any]:
+    """Max |onnxruntime - torch| over fixed-seed batches -> {"max_abs_diff", "per_batch"}."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    conditional = meta["family"] == "cdcgan"
+    latent = meta["generator_kwargs"]["latent_dim"]
+    k = meta["data"]["num_classes"]
+    per_batch = {}
+    g = torch.Generator().manual_seed(seed)
+    for n in batches:
+        z = torch.randn(n, latent, generator=g)
+        y = torch.randint(0, k, (n,), generator=g) if conditional else None
+        with torch.no_grad():
+            ref = G(z, y).numpy()
+        feeds = {"z": z.numpy()} | ({"labels": y.numpy()} if conditional else {})
+        out = session.run(["images"], feeds)[0]
+        if out.shape != ref.shape:
+            raise ExportError(
+                f"parity: ONNX output shape {out.shape} != PyTorch {ref.shape} at batch {n}"
+            )
+        per_batch[str(n)] = float(np.abs(out.astype(np.float64) - ref).max())
+    return {"max_abs_diff": max(per_batch.values()), "per_batch": per_batch}
+
+
+def export(
+    params: Params,
+    generator_path: str | Path,
+    out_path: str | Path,
+    metrics_path: str | Path,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Export, check and write the ONNX generator; returns the parity report."""
+    import onnx
+
+    G, meta = load_generator(generator_path, "cpu")
+    ep = params.export
+    try:
+        model = to_onnx(G, meta, run_id, sha256_file(generator_path))
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(
+            f"{generator_path}: exported ONNX fails onnx.checker ({str(exc).splitlines()[0]})"
+        ) from None
+    blob = model.SerializeToString()
+    report = parity(blob, G, meta, ep.parity_batches, ep.parity_seed)
+    passed = report["max_abs_diff"] <= ep.parity_tolerance
+    if not passed:
+        raise ExportError(
+            f"parity: max |onnxruntime - torch| = {report['max_abs_diff']:.3e} > export.parity_tolerance "
+            f"{ep.parity_tolerance:g} (per batch: {report['per_batch']}); nothing written"
+        )
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(blob)
+    result = {
+        "onnx": str(out_path),
+        "onnx_sha256": sha256_file(out_path),
+        "parity_passed": passed,
+        "parity_max_abs_diff": report["max_abs_diff"],
+        "parity_per_batch": report["per_batch"],
+        "parity_tolerance": ep.parity_tolerance,
+        "opset": int(model.opset_import[0].version),
+        "family": meta["family"],
+        "generator_sha256": sha256_file(generator_path),
+    }
+    write_json(metrics_path, result)
+    return {**result, "metrics_path": str(metrics_path)}
+
+
+def verify(params: Params, onnx_path: str | Path, generator_path: str | Path) -> dict[str, Any]:
+    """Re-run the parity gate on an existing ONNX file (e.g. one copied or altered since export)."""
+    import onnx
+
+    G, meta = load_generator(generator_path, "cpu")
+    path = Path(onnx_path)
+    try:
+        blob = path.read_bytes()
+        onnx.checker.check_model(onnx.load_from_string(blob))
+    except Exception as exc:  # OSError, onnx ValidationError, protobuf DecodeError
+        raise ExportError(f"{path}: not a valid ONNX model ({str(exc).splitlines()[0]})") from None
+    report = parity(blob, G, meta, params.export.parity_batches, params.export.parity_seed)
+    if report["max_abs_diff"] > params.export.parity_tolerance:
+        raise ExportError(
+            f"{path}: parity fails: max |onnxruntime - torch| = {report['max_abs_diff']:.3e} > "
+            f"export.parity_tolerance {params.export.parity_tolerance:g}"
+        )
+    return {"onnx": str(path), "parity_passed": True, **report}
+
+
+def log_to_tracker(tracker, result: dict[str, Any]) -> None:
+    """The ONNX file as an MLflow onnx-flavour model ``generator`` of the run, parity as tags."""
+    if not tracker.active:
+        return
+    import onnx
+
+    from ganforge.tracking import _mlflow
+
+    mlflow = _mlflow()
+    tracker.set_tags(
+        {
+            "parity_passed": str(result["parity_passed"]).lower(),
+            "parity_max_abs_diff": result["parity_max_abs_diff"],
+        }
+    )
+    with mlflow.start_run(run_id=tracker.run_id):
+        info = mlflow.onnx.log_model(
+            onnx.load(result["onnx"]),
+            name="generator",
+            # say which providers to use, or MLflow warns about CUDA ones on CPU machines
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
+    # promote registers exactly this logged model
+    result["mlflow_model_uri"] = info.model_uri
+    write_json(result["metrics_path"], {k: v for k, v in result.items() if k != "metrics_path"})

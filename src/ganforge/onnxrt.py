@@ -1,0 +1,165 @@
+"""Run an exported generator with onnxruntime, numpy and pillow only (no torch import).
+
+A deployment image needs nothing else: ``ganforge generate`` and ``ganforge serve`` use
+this module. The ONNX file is self-describing (``metadata_props`` written by
+``ganforge export``): family, latent size, classes, image size and channels.
+
+Inputs ``z`` float32 (N, latent_dim) and, for conditional models, ``labels`` int64 (N,);
+output ``images`` float32 (N, C, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ganforge.errors import GanforgeError
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(GanforgeError):
+    """The ONNX file or model URI cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    family: str
+    latent_dim: int
+    num_classes: int
+    class_names: list[str]
+    conditional: bool
+    image_size: int
+    channels: int
+    metadata: dict[str, str]
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str) -> ModelInfo:
+        try:
+            return cls(
+                family=meta["ganforge.family"],
+                latent_dim=int(meta["ganforge.latent_dim"]),
+                num_classes=int(meta["ganforge.num_classes"]),
+                class_names=json.loads(meta["ganforge.class_names"]),
+                conditional=meta["ganforge.conditional"] == "true",
+                image_size=int(meta["ganforge.image_size"]),
+                channels=int(meta["ganforge.channels"]),
+                metadata=dict(meta),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ModelLoadError(
+                f"{source}: not a ganforge generator (metadata {exc} missing or bad)"
+            ) from None
+
+
+def available_providers() -> list[str]:
+    """CUDA when onnxruntime-gpu and a GPU are there, else CPU."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    chosen = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
+    return chosen or have
+
+
+def resolve_model(model: str) -> Path:
+    """A ``.onnx`` path, or an MLflow ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` URI."""
+    if model.startswith(("models:/", "runs:/")):
+        try:
+            import mlflow
+        except ImportError:
+            raise ModelLoadError(f"{model}: MLflow URIs need the mlflow package") from None
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+        except Exception as exc:  # MlflowException and store errors: report, never a traceback
+            raise ModelLoadError(f"{model}: cannot resolve ({str(exc).splitlines()[0]})") from None
+        found = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]
+        if not found:
+            raise ModelLoadError(f"{model}: no .onnx file in the registered model")
+        return found[0]
+    path = Path(model)
+    if not path.is_file():
+        raise ModelLoadError(f"{model}: file not found")
+    return path
+
+
+class OnnxGenerator:
+    """An onnxruntime session over a ganforge generator, with its metadata."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.providers = providers or available_providers()
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ModelLoadError(
+                f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})"
+            ) from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(meta, str(self.path))
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        log.info(
+            "loaded %s (%s) on %s",
+            self.path,
+            self.info.family,
+            ", ".join(self.session.get_providers()),
+        )
+
+    def noise(self, n: int, seed: int) -> np.ndarray:
+        """float32 (n, latent_dim): the same for the same seed, on every machine."""
+        return np.random.default_rng(seed).standard_normal(
+            (n, self.info.latent_dim), dtype=np.float32
+        )
+
+    def run(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        feeds: dict[str, Any] = {"z": np.ascontiguousarray(z, dtype=np.float32)}
+        if self.info.conditional:
+            if labels is None:
+                raise ValueError("a conditional model needs labels")
+            feeds["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
+        return self.session.run(["images"], feeds)[0]  # (N, C, H, W) in [-1, 1]
+
+    def generate(self, n: int, seed: int, label: int | None = None) -> np.ndarray:
+        """n images; for conditional models ``label`` fixes the class, else classes cycle 0..K-1."""
+        labels = None
+        if self.info.conditional:
+            labels = (
+                np.full(n, label, np.int64)
+                if label is not None
+                else np.arange(n) % self.info.num_classes
+            )
+        elif label is not None:
+            raise ValueError(f"label given but {self.info.family} is unconditional")
+        return self.run(self.noise(n, seed), labels)
+
+
+def grid_png(
+    images: np.ndarray, nrow: int | None = None, padding: int = 2, min_tile: int = 48
+) -> bytes:
+    """PNG bytes of a grid of (N, C, H, W) images in [-1, 1] (numpy + pillow; small tiles enlarged)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
+    factor = max(1, -(-min_tile // w))
+    pix = np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    if factor > 1:
+        pix = pix.repeat(factor, axis=2).repeat(factor, axis=3)
+        h, w = h * factor, w * factor
+    rows = -(-n // nrow)
+    canvas = np.zeros((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        canvas[:, y : y + h, x : x + w] = pix[i]
+    img = Image.fromarray(canvas[0] if c == 1 else canvas.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
