@@ -30,7 +30,9 @@ from ganforge.train import train
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared/data/mnist"))
+    ap.add_argument(
+        "--mnist", default=str(Path(__file__).resolve().parents[2] / "shared/data/mnist")
+    )
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--num-samples", type=int, default=10000)
@@ -39,7 +41,12 @@ def main() -> None:
 
     params = parse_params(
         {
-            "prepare": {"source": "mnist-idx", "path": args.mnist, "image_size": args.size, "holdout_fraction": 0.001},
+            "prepare": {
+                "source": "mnist-idx",
+                "path": args.mnist,
+                "image_size": args.size,
+                "holdout_fraction": 0.001,
+            },
             "train": {"steps": args.train_steps, "device": args.device, "sample_every": 10**6},
             "featurenet": {"device": args.device},
             "evaluate": {"num_samples": args.num_samples, "device": args.device},
@@ -56,11 +63,22 @@ def main() -> None:
         runs = []
         for i in range(2):
             t = time.perf_counter()
-            m = evaluate(params, tmp / "data", tmp / "runs/main/generator.pt", tmp / "fn/featurenet.pt", tmp / f"e{i}.json", tmp / "rep")
+            m = evaluate(
+                params,
+                tmp / "data",
+                tmp / "runs/main/generator.pt",
+                tmp / "fn/featurenet.pt",
+                tmp / f"e{i}.json",
+                tmp / "rep",
+            )
             runs.append((time.perf_counter() - t, m))
     wall, m = runs[-1]
     device = m["protocol"]["device"]
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
+    name = (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else platform.processor() or platform.machine()
+    )
     print(
         json.dumps(
             {

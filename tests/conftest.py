@@ -87,3 +87,95 @@ def digits_generator(digits_dir, tmp_path_factory) -> Path:
         progress=False,
     )
     return out / "main" / "generator.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(digits_generator, tmp_path_factory) -> Path:
+    """The digits fixture generator exported to ONNX (parity-checked)."""
+    from ganforge.export import export
+
+    out = tmp_path_factory.mktemp("onnx")
+    export(tiny_params(), digits_generator, out / "g.onnx", out / "export.json")
+    return out / "g.onnx"
+
+
+def make_project(dest: Path, **sections) -> Path:
+    """A git repository holding this project's files (as in a fresh clone) with tiny params."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    tiny = {
+        "train": {"steps": 600, "g_width": 16, "d_width": 16, "sample_every": 300, "checkpoint_every": 300, "fid_samples": 200},
+        "featurenet": {"epochs": 5},
+        "evaluate": {"num_samples": 1000, "bootstrap": 50, "kid_subsets": 10, "pr_samples": 500},
+        "schedule": {"retries": 0, "retry_delay_s": 0},
+    }  # fmt: skip
+    for name, values in {**tiny, **sections}.items():
+        params[name].update(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "project"], cwd=dest, check=True)
+    return dest
+
+
+def project_env(project: Path) -> dict:
+    """Environment for running the stages in ``project``: this venv's tools, a local store."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="test",
+               GIT_AUTHOR_EMAIL="test@example.invalid", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="test@example.invalid")  # fmt: skip
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc=None) -> None:
+    """Poll ``url`` until it answers 200 (or the process dies, or time runs out)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(proc) -> None:
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except Exception:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -26,7 +26,10 @@ def test_repo_params_load_and_defaults_match_the_model():
             "train.batch_size: Input should be greater than or equal to 1",
         ),
         ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (allowed: model, run_name"),
-        ({"serve": {}}, "serve: unknown key (allowed: prepare, train, featurenet, evaluate, export, mlflow, schedule)"),
+        (
+            {"serve": {}},
+            "serve: unknown key (allowed: prepare, train, featurenet, evaluate, export, mlflow, schedule)",
+        ),
         ({"train": {"steps": "many"}}, "train.steps: Input should be a valid integer"),
         (
             {"train": {"model": "stylegan"}},

@@ -73,7 +73,7 @@ def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None, generator_sh
         module: nn.Module = G
     else:
         args, dyn, names = (z,), {"z": {0: batch}}, ["z"]
-        module = _Unconditional(G)
+        module = _Unconditional(G).eval()
     for name in (
         "onnxscript",
         "torch.onnx",
@@ -219,6 +219,8 @@ def log_to_tracker(tracker, result: dict[str, Any]) -> None:
             name="generator",
             # say which providers to use, or MLflow warns about CUDA ones on CPU machines
             onnx_execution_providers=["CPUExecutionProvider"],
+            # stated, not inferred: inference spawns a subprocess and takes seconds
+            pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
         )
     # promote registers exactly this logged model
     result["mlflow_model_uri"] = info.model_uri

@@ -216,7 +216,9 @@ def promote(
             champ_mv = None
             with contextlib.suppress(MlflowException):
                 champ_mv = client.get_model_version_by_alias(name, CHAMPION)
-            champion = _candidate_from_tags(champ_mv.version, champ_mv.tags) if champ_mv else None
+            champion = (
+                _candidate_from_tags(str(champ_mv.version), champ_mv.tags) if champ_mv else None
+            )
             decision = decide(new, champion)
             if decision.promote:
                 client.set_registered_model_alias(name, CHAMPION, version)

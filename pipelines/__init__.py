@@ -1,0 +1,1 @@
+"""Prefect orchestration over the ganforge DVC pipeline (src/ganforge knows nothing of it)."""

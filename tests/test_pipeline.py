@@ -1,0 +1,217 @@
+"""The real pipeline: `dvc repro` in a temporary git clone, `dvc exp run`, Prefect flows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import make_project, project_env
+
+
+def run(cmd, project, timeout=900, check=True):
+    proc = subprocess.run(
+        cmd, cwd=project, env=project_env(project), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A project after one full `dvc repro` on the embedded digits."""
+    project = make_project(tmp_path_factory.mktemp("project"))
+    run([sys.executable, "-m", "dvc", "repro"], project)
+    return project
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage(reproduced):
+    p = reproduced
+    for path in ("data/prepared/manifest.json", "models/featurenet/featurenet.pt", "models/main/generator.pt",
+                 "models/main/curves.png", "models/main/fid_history.csv", "reports/interpolation.png",
+                 "exported/main.onnx", "metrics/eval.json", "metrics/export.json", "metrics/promote.json"):  # fmt: skip
+        assert (p / path).is_file(), path
+    ev = json.loads((p / "metrics/eval.json").read_text())
+    ex = json.loads((p / "metrics/export.json").read_text())
+    pr = json.loads((p / "metrics/promote.json").read_text())
+    assert ex["parity_passed"] and ex["parity_max_abs_diff"] <= 1e-4
+    assert pr["version"] == "1" and pr["registered_model"] == "ganforge-digits-dcgan"
+    assert pr["promote"] == (
+        not ev["mode_collapse"]
+    )  # the first version is champion unless flagged
+    # the run in MLflow: params with params.yaml names, loss history, FID per sample step, eval metrics, tags
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{p}/mlflow.db")
+    run_id = json.loads((p / "models/main/mlflow_run.json").read_text())["run_id"]
+    r = client.get_run(run_id)
+    assert r.data.params["train.model"] == "dcgan" and r.data.params["train.steps"] == "600"
+    assert len(client.get_metric_history(run_id, "d_loss")) == 600
+    assert len(client.get_metric_history(run_id, "fid_ema")) == 2
+    assert r.data.metrics["fid"] == ev["fid"] and r.data.tags["parity_passed"] == "true"
+    assert r.data.tags["git_commit"] != "unknown" and "eval.featurenet_sha256" in r.data.tags
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing(reproduced):
+    out = run([sys.executable, "-m", "dvc", "repro"], reproduced).stdout
+    assert "Data and pipelines are up to date." in out
+    assert "Running stage" not in out
+
+
+@pytest.mark.slow
+def test_metrics_and_plots_are_shown(reproduced):
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], reproduced).stdout
+    assert '"fid"' in shown and "parity_passed" in shown
+    run([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots-html"], reproduced)
+    assert (reproduced / "plots-html/index.html").is_file()
+
+
+@pytest.mark.slow
+def test_generate_from_the_registry(reproduced, tmp_path):
+    pr = json.loads((reproduced / "metrics/promote.json").read_text())
+    model = (
+        f"models:/{pr['registered_model']}@champion"
+        if pr["promote"]
+        else f"models:/{pr['registered_model']}/1"
+    )
+    out = tmp_path / "grid.png"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "ganforge",
+            "generate",
+            "--model",
+            model,
+            "-n",
+            "16",
+            "--out",
+            str(out),
+        ],
+        reproduced,
+    )
+    assert out.stat().st_size > 500
+
+
+@pytest.mark.slow
+def test_exp_run_with_another_model(reproduced):
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "train.model=wgan-gp",
+            "-S",
+            "train.steps=60",
+            "-S",
+            "train.n_critic=2",
+        ],
+        reproduced,
+    )
+    table = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], reproduced).stdout
+    assert "wgan-gp" in table and '"fid"' in table
+    run(
+        ["git", "checkout", "--", "params.yaml"], reproduced
+    )  # exp run leaves the changed params behind
+
+
+# --------------------------------------------------------------------------- Prefect
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.mark.slow
+def test_training_flow_runs_the_stages(reproduced, prefect_harness):
+    from pipelines.flows import STAGES, training_flow
+
+    result = training_flow(repo=str(reproduced))
+    assert list(result) == list(STAGES)
+
+
+@pytest.mark.slow
+def test_failing_stage_fails_the_flow_with_its_message(tmp_path, prefect_harness):
+    from pipelines.flows import StageFailed, training_flow
+
+    project = make_project(
+        tmp_path, prepare={"source": "mnist-idx", "path": str(tmp_path / "no-such-dir")}
+    )
+    with pytest.raises(
+        StageFailed,
+        match=r"stage prepare failed: ganforge prepare: error: .*no-such-dir: directory not found",
+    ):
+        training_flow(repo=str(project), stages=["prepare"])
+
+
+@pytest.mark.slow
+def test_scheduled_deployment_creates_runs(tmp_path):
+    """A real `prefect server` and `python -m pipelines.serve`: the deployment gets its cron from
+    params.yaml and the server schedules its upcoming runs (weekly: none starts during the test)."""
+    import os
+
+    from .conftest import ROOT, free_port, stop, wait_http
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "true",
+        "PYTHONPATH": str(ROOT),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    served = None
+    try:
+        wait_http(f"{api}/health", 120, server)
+        (tmp_path / "project").mkdir()
+        project = make_project(tmp_path / "project")
+        served = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.serve", "--repo", str(project)],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        import httpx
+
+        deadline = time.monotonic() + 120
+        runs = []
+        while time.monotonic() < deadline and not runs:
+            time.sleep(2)
+            assert served.poll() is None, "pipelines.serve exited"
+            r = httpx.post(f"{api}/deployments/filter", json={}, timeout=10)
+            deps = [d for d in r.json() if d["name"] == "weekly-retrain"]
+            if deps:
+                assert deps[0]["schedules"][0]["schedule"]["cron"] == "0 3 * * 0"  # params.yaml
+                body = {"deployments": {"id": {"any_": [deps[0]["id"]]}}}
+                runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+        assert runs, "no flow runs were scheduled within 120 s"
+        assert all(
+            run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED")
+            for run in runs
+        )
+    finally:
+        if served is not None:
+            stop(served)
+        stop(server)

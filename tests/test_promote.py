@@ -1,0 +1,180 @@
+"""Promotion: the pure rule, and the real MLflow registry (SQLite store in tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ganforge.promote import CHAMPION, Candidate, decide, history, promote
+
+from .conftest import ROOT, tiny_params
+
+
+def cand(v, fid, half=1.0, collapse=False, parity=True):
+    return Candidate(str(v), fid, (fid - half, fid + half), collapse, parity)
+
+
+def test_rule():
+    assert (
+        decide(cand(1, 50), None) == (True, "no champion yet") or decide(cand(1, 50), None).promote
+    )
+    assert decide(cand(2, 40), cand(1, 50)).promote  # 41 < 49: beyond both intervals
+    d = decide(cand(2, 48.5), cand(1, 50))  # better, but the intervals overlap
+    assert not d.promote and "does not beat champion v1" in d.reason
+    assert not decide(cand(2, 60), cand(1, 50)).promote
+    assert decide(cand(2, 10, collapse=True), cand(1, 50)).reason == "flagged for mode collapse"
+    assert decide(cand(2, 10, parity=False), None).reason == "ONNX parity check did not pass"
+    assert not decide(cand(1, 10, collapse=None), None).promote
+    assert not decide(cand(1, 50), cand(1, 50)).promote
+
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch, tiny_onnx):
+    """A fresh SQLite MLflow store and a factory of training runs with a logged ONNX model."""
+    import mlflow
+    import onnx
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts go to ./mlruns beside the store
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.set_experiment("ganforge-digits")
+    model = onnx.load(tiny_onnx)
+
+    def make_run(
+        i: int, fid: float, half: float = 1.0, collapse: bool = False, parity: bool = True
+    ):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        with mlflow.start_run(experiment_id=exp.experiment_id) as run:
+            mlflow.set_tag("ganforge.dataset", "digits")
+            info = mlflow.onnx.log_model(
+                model, name="generator", onnx_execution_providers=["CPUExecutionProvider"]
+            )
+        (run_dir / "mlflow_run.json").write_text(
+            json.dumps({"tracking_uri": uri, "run_id": run.info.run_id})
+        )
+        sha = f"sha-{i}"
+        metrics = {
+            "fid": fid, "fid_ci95": [fid - half, fid + half], "fid_floor": 0.3, "kid_mean": 0.1, "is_mean": 3.0,
+            "precision": 0.5, "recall": 0.5, "class_coverage": 1.0, "mode_collapse": collapse,
+            "protocol": {"generator_sha256": sha, "generator_family": "dcgan"},
+        }  # fmt: skip
+        (run_dir / "eval.json").write_text(json.dumps(metrics))
+        exported = {
+            "parity_passed": parity,
+            "parity_max_abs_diff": 1e-7,
+            "generator_sha256": sha,
+            "mlflow_model_uri": info.model_uri,
+        }
+        (run_dir / "export.json").write_text(json.dumps(exported))
+        return run_dir
+
+    return make_run
+
+
+def do_promote(run_dir):
+    return promote(
+        tiny_params(),
+        run_dir,
+        run_dir / "eval.json",
+        run_dir / "export.json",
+        run_dir / "promote.json",
+    )
+
+
+def test_registry_promotion_sequence(registry):
+    from mlflow.tracking import MlflowClient
+
+    first = do_promote(registry(1, 50.0))
+    assert (
+        first["promote"]
+        and first["version"] == "1"
+        and first["registered_model"] == "ganforge-digits-dcgan"
+    )
+    assert not do_promote(registry(2, 49.5))["promote"]  # overlapping intervals
+    assert not do_promote(registry(3, 10.0, collapse=True))["promote"]
+    assert not do_promote(registry(4, 10.0, parity=False))["promote"]
+    better = do_promote(registry(5, 40.0))
+    assert better["promote"] and better["champion_before"] == "1"
+
+    client = MlflowClient()
+    name = "ganforge-digits-dcgan"
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "5"
+    v2 = client.get_model_version(name, "2")
+    assert (
+        v2.tags["role"] == "challenger"
+        and "does not beat champion v1" in v2.tags["challenger_reason"]
+    )
+    assert client.get_model_version(name, "1").tags["role"] == "former-champion"
+    assert float(client.get_model_version(name, "5").tags["fid"]) == 40.0
+    trail = history(tiny_params(), name)
+    assert [e["candidate"] for e in trail] == ["1", "2", "3", "4", "5"]
+    assert [(e["from_version"], e["to_version"]) for e in trail if e["promoted"]] == [
+        (None, "1"),
+        ("1", "5"),
+    ]
+    # the CLI prints the same trail
+    proc = subprocess.run(
+        [sys.executable, "-m", "ganforge", "promote", "--history", "--params", str(ROOT / "params.yaml")],
+        capture_output=True, text=True, env=os.environ,
+    )  # fmt: skip
+    assert (
+        proc.returncode == 0
+        and proc.stdout.count("ganforge-digits-dcgan") == 5
+        and "PROMOTED" in proc.stdout
+    )
+
+
+def test_missing_inputs_are_named(registry, tmp_path):
+    run_dir = registry(1, 50.0)
+    (run_dir / "export.json").unlink()
+    with pytest.raises(Exception, match="export.json: not found"):
+        do_promote(run_dir)
+
+
+@pytest.mark.slow
+def test_concurrent_promotions_leave_one_best_champion(registry, tmp_path):
+    """8 processes promote at once: exactly one champion, the best, and a consistent trail."""
+    from mlflow.tracking import MlflowClient
+
+    fids = [
+        80.0,
+        30.0,
+        70.0,
+        10.0,
+        60.0,
+        40.0,
+        50.0,
+        20.0,
+    ]  # 10 beats every other beyond the intervals
+    dirs = [registry(i, f) for i, f in enumerate(fids)]
+    code = (
+        "import sys; from ganforge.promote import promote; from tests.conftest import tiny_params; "
+        "from pathlib import Path; d = Path(sys.argv[1]); "
+        "promote(tiny_params(), d, d / 'eval.json', d / 'export.json', d / 'promote.json')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(d)], env=env, cwd=tmp_path) for d in dirs
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 8
+
+    client = MlflowClient()
+    name = "ganforge-digits-dcgan"
+    champ = client.get_model_version_by_alias(name, CHAMPION)
+    assert float(champ.tags["fid"]) == 10.0
+    roles = [client.get_model_version(name, str(v)).tags["role"] for v in range(1, 9)]
+    assert roles.count(CHAMPION) == 1
+    trail = history(tiny_params(), name)
+    assert len(trail) == 8
+    promoted = [e for e in trail if e["promoted"]]
+    for before, after in zip(
+        promoted, promoted[1:], strict=False
+    ):  # each move starts where the last ended
+        assert after["from_version"] == before["to_version"]
+    assert promoted[-1]["to_version"] == str(champ.version)
