@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,13 @@ def _params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
+def _export(module: nn.Module, args: tuple, dyn: dict, names: list[str]):
+    return torch.onnx.export(
+        module, args, dynamo=True, dynamic_shapes=dyn, external_data=False,
+        input_names=names, output_names=["images"], verbose=False,
+    )  # fmt: skip
+
+
 def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None, generator_sha256: str):
     """The ONNX ModelProto of generator G (eval mode, CPU) with ganforge metadata."""
     import onnx
@@ -80,10 +88,10 @@ def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None, generator_sh
         "onnx_ir",
     ):  # their pass-by-pass INFO lines are noise here
         logging.getLogger(name).setLevel(logging.WARNING)
-    program = torch.onnx.export(
-        module, args, dynamo=True, dynamic_shapes=dyn, external_data=False,
-        input_names=names, output_names=["images"], verbose=False,
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        # torch.onnx notes that z and labels share the batch axis: true, and nothing to act on
+        warnings.filterwarnings("ignore", message="The axis name: batch will not be used")
+        program = _export(module, args, dyn, names)
     model = program.model_proto
     data = meta["data"]
     props = {

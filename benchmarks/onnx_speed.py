@@ -1,0 +1,125 @@
+"""Inference speed: the exported ONNX generator on onnxruntime vs the PyTorch generator, and
+the HTTP service's latency.
+
+    python -m benchmarks.onnx_speed [--size 16] [--requests 300]
+
+Set-up (not timed): digits prepared at ``--size`` px, the default DCGAN trained for 1 step
+(weights do not change the cost), exported with the parity gate. Timed, on this machine's
+CPU: images/s of each runtime at batch 1 and 64 (best of 5 runs of ``--seconds`` each after
+warm-up), then ``--requests`` sequential ``GET /generate?n=16`` to ``ganforge serve`` on
+127.0.0.1: median and p99 latency, requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ganforge.checkpoint import load_generator
+from ganforge.config import parse_params
+from ganforge.data import prepare
+from ganforge.export import export
+from ganforge.onnxrt import OnnxGenerator
+from ganforge.train import train
+
+
+def rate(fn, batch: int, seconds: float) -> float:
+    """images/s: best of 5 timed windows after one warm-up call."""
+    fn()
+    best = 0.0
+    for _ in range(5):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn()
+            n += batch
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    params = parse_params(
+        {
+            "prepare": {"image_size": args.size},
+            "train": {"steps": 1, "device": "cpu", "fid_samples": 0},
+        }
+    )
+    out: dict = {
+        "benchmark": "onnx_speed",
+        "device": f"cpu ({platform.machine()}, torch threads {torch.get_num_threads()})",
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "image_size": args.size,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        prepare(params.prepare, tmp / "data")
+        train(params, tmp / "data", tmp / "runs", progress=False)
+        export(params, tmp / "runs/main/generator.pt", tmp / "g.onnx", tmp / "export.json")
+        G, meta = load_generator(tmp / "runs/main/generator.pt")
+        onnx_gen = OnnxGenerator(tmp / "g.onnx", providers=["CPUExecutionProvider"])
+        latent = meta["generator_kwargs"]["latent_dim"]
+        for batch in (1, 64):
+            z_t = torch.randn(batch, latent)
+            z_n = z_t.numpy()
+
+            def torch_call(z=z_t):
+                with torch.inference_mode():
+                    G(z)
+
+            out[f"torch_img_per_s_b{batch}"] = round(rate(torch_call, batch, args.seconds), 1)
+            out[f"onnx_img_per_s_b{batch}"] = round(
+                rate(lambda z=z_n: onnx_gen.run(z), batch, args.seconds), 1
+            )
+            out[f"onnx_over_torch_b{batch}"] = round(
+                out[f"onnx_img_per_s_b{batch}"] / out[f"torch_img_per_s_b{batch}"], 2
+            )
+
+        import httpx
+        from tests.conftest import free_port, stop, wait_http
+
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ganforge", "serve", "--model", str(tmp / "g.onnx"), "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(f"{base}/healthz", 60, proc)
+            lat = []
+            with httpx.Client() as client:
+                for i in range(10):
+                    client.get(f"{base}/generate", params={"n": 16, "seed": i})
+                t_all = time.perf_counter()
+                for i in range(args.requests):
+                    t0 = time.perf_counter()
+                    r = client.get(f"{base}/generate", params={"n": 16, "seed": i})
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    assert r.status_code == 200
+                total = time.perf_counter() - t_all
+        finally:
+            stop(proc)
+    out["http_requests"] = args.requests
+    out["http_generate_n16_median_ms"] = round(statistics.median(lat), 2)
+    out["http_generate_n16_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
+    out["http_requests_per_s"] = round(args.requests / total, 1)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
