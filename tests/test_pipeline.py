@@ -215,3 +215,17 @@ def test_scheduled_deployment_creates_runs(tmp_path):
         if served is not None:
             stop(served)
         stop(server)
+
+
+@pytest.mark.slow
+def test_retrain_flow_registers_a_challenger_through_promote(reproduced, prefect_harness):
+    from pipelines.flows import retrain_flow
+
+    before = json.loads((reproduced / "metrics/promote.json").read_text())
+    result = retrain_flow(repo=str(reproduced))
+    assert list(result) == ["prepare", "featurenet", "train", "evaluate", "export", "promote"]
+    after = json.loads((reproduced / "metrics/promote.json").read_text())
+    assert int(after["version"]) == int(before["version"]) + 1
+    # the same data and seed retrain the same model: it cannot beat the champion beyond the intervals
+    if before["promote"]:
+        assert not after["promote"] and after["champion_before"] == before["version"]

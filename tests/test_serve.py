@@ -129,3 +129,63 @@ def test_no_request_can_name_a_file(server):
         .endswith("c.onnx")
     )
     assert httpx.get(f"{server}/../../etc/passwd").status_code == 404
+
+
+# --------------------------------------------------------------------------- abuse
+
+
+@pytest.mark.slow
+def test_fuzzed_queries_never_get_a_500(server):
+    """Property-based: any query string values give 200 (valid) or 422 (invalid), never 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = st.one_of(
+        st.integers(min_value=-(2**70), max_value=2**70).map(str),
+        st.text(max_size=30),
+        st.floats(allow_nan=True, allow_infinity=True).map(str),
+        st.sampled_from(["", " ", "1e3", "0x10", "-0", "NaN", "%00", "1" * 400]),
+    )
+    query = st.dictionaries(st.sampled_from(["n", "seed", "label", "other"]), values, max_size=4)
+
+    with httpx.Client(base_url=server, timeout=30) as client:
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(query)
+        def check(q):
+            r = client.get("/generate", params=q)
+            assert r.status_code in (200, 422), (q, r.status_code, r.text[:200])
+            if r.status_code == 200:
+                assert r.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+        check()
+
+
+@pytest.mark.slow
+def test_load_2000_requests_at_concurrency_16(server):
+    import asyncio
+    import statistics
+    import time
+
+    async def main():
+        latencies, errors = [], 0
+        sem = asyncio.Semaphore(16)
+        async with httpx.AsyncClient(base_url=server, timeout=60) as client:
+
+            async def one(i):
+                nonlocal errors
+                async with sem:
+                    t0 = time.perf_counter()
+                    r = await client.get("/generate", params={"n": 16, "seed": i, "label": i % 10})
+                    latencies.append(time.perf_counter() - t0)
+                    errors += r.status_code != 200
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(2000)))
+            return latencies, errors, time.perf_counter() - t0
+
+    latencies, errors, total = asyncio.run(main())
+    assert errors == 0 and len(latencies) == 2000
+    lat = sorted(latencies)
+    print(f"\nload: 2000 requests, concurrency 16: p50 {statistics.median(lat) * 1000:.1f} ms, "
+          f"p99 {lat[int(0.99 * len(lat))] * 1000:.1f} ms, {2000 / total:.1f} requests/s, 0 errors")  # fmt: skip

@@ -103,6 +103,38 @@ def test_resume_gives_identical_weights(tmp_path, digits_dir):
     assert [r["d_loss"] for r in ha] == [r["d_loss"] for r in hb]
 
 
+def test_fid_probe_changes_nothing_and_resume_stays_exact(tmp_path, digits_dir, digits_featurenet):
+    """With FID measured during training, the weights equal a run without it, also after a resume."""
+    params = tiny_params(
+        train={"steps": 20, "checkpoint_every": 10, "sample_every": 5, "fid_samples": 100}
+    )
+    train(params, digits_dir, tmp_path / "plain", progress=False)
+    train(params, digits_dir, tmp_path / "probed", progress=False, featurenet=digits_featurenet)
+    half = tiny_params(
+        train={"steps": 10, "checkpoint_every": 10, "sample_every": 5, "fid_samples": 100}
+    )
+    train(half, digits_dir, tmp_path / "resumed", progress=False, featurenet=digits_featurenet)
+    train(
+        params,
+        digits_dir,
+        tmp_path / "resumed",
+        resume=True,
+        progress=False,
+        featurenet=digits_featurenet,
+    )
+    ref = torch.load(tmp_path / "plain/main/generator.pt", weights_only=True)["raw_state_dict"]
+    for run in ("probed", "resumed"):
+        got = torch.load(tmp_path / run / "main/generator.pt", weights_only=True)["raw_state_dict"]
+        assert all(torch.equal(v, got[k]) for k, v in ref.items()), run
+    assert len(read_history(tmp_path / "resumed/main")) == 20
+    assert [r["step"] for r in _fid_rows(tmp_path / "resumed/main")] == [5, 10, 15, 20]
+
+
+def _fid_rows(run_dir):
+    with open(run_dir / "fid_history.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def test_resume_falls_back_to_previous_checkpoint(tmp_path, digits_dir, caplog):
     train(
         tiny_params(train={"steps": 20, "checkpoint_every": 10}),
@@ -151,7 +183,10 @@ def test_divergence_names_the_step_and_keeps_the_good_checkpoint(tmp_path, digit
         return (loss * math.inf if calls["n"] == 13 else loss), stats
 
     monkeypatch.setattr(DCGAN, "g_loss", exploding_g_loss)
-    with pytest.raises(DivergenceError, match=r"step 13: g_loss is (inf|nan) \(non-finite\)"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"step 13: g_loss is (inf|nan) \(non-finite\).*last good checkpoint: .*step_00000010.pt",
+    ):
         train(
             tiny_params(train={"steps": 20, "checkpoint_every": 10}),
             digits_dir,

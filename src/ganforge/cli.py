@@ -190,7 +190,12 @@ def _run(args: argparse.Namespace) -> dict | list:
                 featurenet=featurenet,
             )
         except BaseException:
-            tracker.end("FAILED" if sys.exc_info()[0] is not KeyboardInterrupt else "KILLED")
+            try:  # best effort: the server may be the thing that failed; keep the original error
+                tracker.end("FAILED" if sys.exc_info()[0] is not KeyboardInterrupt else "KILLED")
+            except GanforgeError as exc:
+                logging.getLogger("ganforge").warning(
+                    "could not mark the MLflow run failed: %s", exc
+                )
             raise
         tracker.end()
         return {**summary, "mlflow_run_id": tracker.run_id}

@@ -158,7 +158,7 @@ class ExportParams(_Section):
 
 
 class MlflowParams(_Section):
-    enabled: Literal["auto", "true", "false"] = "auto"
+    enabled: bool | Literal["auto"] = "auto"
     experiment_prefix: str = Field("ganforge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     registered_model_prefix: str = Field("ganforge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -175,12 +175,12 @@ class MlflowTracker(Tracker):
         self._call("end run", self.client.set_terminated, self.run_id, status)
 
 
-def _enabled(setting: str) -> bool:
-    if setting == "false":
+def _enabled(setting: bool | str) -> bool:
+    if setting is False:
         return False
     if mlflow_available():
         return True
-    if setting == "true":
+    if setting is True:
         raise TrackingError("mlflow.enabled is true but the mlflow package is not installed")
     log.info("mlflow is not installed: tracking is off (mlflow.enabled: auto)")
     return False

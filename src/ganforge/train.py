@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
-from ganforge.checkpoint import load_latest, save_generator, save_state
+from ganforge.checkpoint import list_checkpoints, load_latest, save_generator, save_state
 from ganforge.config import Params
 from ganforge.data import load_split
 from ganforge.errors import CheckpointError, ConfigError, DivergenceError
@@ -354,7 +354,10 @@ def train(
         save_grid(trainer.sample(z_fixed, y_fixed), samples_dir / "step_00000000.png", nrow)
     probe = None
     if featurenet is not None and tp.fid_samples:
-        probe = _FidProbe.create(Path(featurenet), split, tp, trainer.conditional, device)
+        # building the feature network draws from the global RNG: keep training's stream intact
+        # (else the probe would change the run, and a resumed run would differ from a straight one)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            probe = _FidProbe.create(Path(featurenet), split, tp, trainer.conditional, device)
     fid_rows = (
         [r for r in _read_csv(run_dir / "fid_history.csv") if r["step"] <= trainer.step_count]
         if resume
@@ -388,9 +391,13 @@ def train(
             if bad:
                 pending.clear()
                 _write_history(run_dir / "history.csv", history)
+                kept = list_checkpoints(ckpt_dir)
+                where = (
+                    f"last good checkpoint: {kept[0]}" if kept else "no checkpoint was written yet"
+                )
                 raise DivergenceError(
                     f"step {step}: {bad[0]} is {row[keys.index(bad[0])]} (non-finite); training stopped, "
-                    f"last good checkpoint kept in {ckpt_dir}; lower train.lr or check the data"
+                    f"{where}; lower train.lr (or the penalty weights) or check the data"
                 )
             history.append(
                 {

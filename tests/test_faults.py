@@ -1,0 +1,252 @@
+"""Faults: a training process killed at random points, resumed, ends bit-identical."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from .conftest import ROOT
+
+TRAIN = ["--set", "train.steps=120", "--set", "train.g_width=8", "--set", "train.d_width=8",
+         "--set", "train.latent_dim=16", "--set", "train.batch_size=32", "--set", "train.checkpoint_every=10",
+         "--set", "train.sample_every=20", "--set", "train.fid_samples=0", "--params", str(ROOT / "params.yaml")]  # fmt: skip
+
+
+def train_cmd(data, out, *extra, tracking=False):
+    """`ganforge train` on tiny params; MLflow off unless ``tracking``."""
+    off = [] if tracking else ["--set", "mlflow.enabled=false"]
+    base = [
+        sys.executable,
+        "-m",
+        "ganforge",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    return [*base, *TRAIN, *off, *extra]
+
+
+def weights(path):
+    g = torch.load(path, weights_only=True)
+    return {
+        **{f"raw.{k}": v for k, v in g["raw_state_dict"].items()},
+        **{f"ema.{k}": v for k, v in g["ema_state_dict"].items()},
+    }
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, digits_dir):
+    assert (
+        subprocess.run(train_cmd(digits_dir, tmp_path / "straight"), capture_output=True).returncode
+        == 0
+    )
+    reference = weights(tmp_path / "straight/main/generator.pt")
+    rng = random.Random(7)
+    for attempt in range(3):
+        out = tmp_path / f"killed{attempt}"
+        proc = subprocess.Popen(
+            train_cmd(digits_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        ckpts = out / "main/checkpoints"
+        deadline = time.monotonic() + 120
+        while not list(ckpts.glob("step_*.pt.sha256")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))  # somewhere after the first checkpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if (out / "main/generator.pt").exists():
+            continue  # it finished before the kill: nothing to resume this time
+        newest = sorted(ckpts.glob("step_*.pt"))[-1].name
+        resumed = subprocess.run(
+            train_cmd(digits_dir, out, "--resume"), capture_output=True, text=True
+        )
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert (
+            f"resumed from {ckpts / newest}" in resumed.stderr or "resumed from" in resumed.stderr
+        )
+        got = weights(out / "main/generator.pt")
+        assert set(got) == set(reference)
+        for k, v in reference.items():
+            assert torch.equal(v, got[k]), (attempt, newest, k)
+
+
+# --------------------------------------------------------------------------- divergence
+
+DIVERGE = [
+    "--set",
+    "train.model=wgan-gp",
+    "--set",
+    "train.gp_lambda=1e38",
+    "--set",
+    "train.n_critic=1",
+]
+
+
+def test_divergence_fails_the_stage_and_the_mlflow_run(tmp_path, digits_dir):
+    import json
+    import os
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    out = tmp_path / "runs"
+    args = train_cmd(digits_dir, out, *DIVERGE, tracking=True)
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert re.search(
+        r"ganforge train: error: step \d+: \w+ is (nan|inf|-inf) \(non-finite\)", proc.stderr
+    )
+    assert not (out / "main/generator.pt").exists()
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((out / "main/mlflow_run.json").read_text())["run_id"]
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_divergence_stops_the_pipeline_and_the_flow(tmp_path):
+    from pipelines.flows import StageFailed, training_flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from .conftest import make_project
+
+    project = make_project(tmp_path, train={"model": "wgan-gp", "gp_lambda": 1e38, "n_critic": 1})
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        pytest.raises(
+            StageFailed,
+            match=r"stage train failed: ganforge train: error: step \d+: \w+ is (nan|inf|-inf) \(non-finite\)",
+        ),
+    ):
+        training_flow(repo=str(project))
+    assert not (project / "exported").exists() and not (project / "metrics/promote.json").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    assert client.search_registered_models() == []  # nothing registered, nothing promoted
+
+
+# --------------------------------------------------------------------------- tracking server loss
+
+
+@pytest.mark.slow
+def test_tracking_server_loss_fails_cleanly_and_resume_completes(tmp_path, digits_dir):
+    import os
+
+    from ganforge.checkpoint import STATE_FORMAT, list_checkpoints, load_verified
+
+    from .conftest import free_port, stop, wait_http
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server_cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--backend-store-uri", f"sqlite:///{tmp_path}/store.db", "--artifacts-destination",
+                  str(tmp_path / "artifacts"), "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # fmt: skip
+    out = tmp_path / "runs"
+    cmd = train_cmd(digits_dir, out, "--set", "train.steps=2000", tracking=True)
+
+    server = subprocess.Popen(
+        server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
+    )
+    try:
+        wait_http(f"{uri}/health", 90, server)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        )
+        ckpts = out / "main/checkpoints"
+        deadline = time.monotonic() + 120
+        while len(list(ckpts.glob("step_*.pt.sha256"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop(server)  # the server goes away mid-run
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 1, err[-2000:]
+        assert f"failed on {uri}" in err and time.monotonic() - t0 < 120
+        assert not (out / "main/generator.pt").exists()
+        for path in list_checkpoints(ckpts):  # what was written is intact
+            assert load_verified(path, STATE_FORMAT)["step"] > 0
+
+        server = subprocess.Popen(
+            server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
+        )
+        wait_http(f"{uri}/health", 90, server)
+        done = subprocess.run(
+            [*cmd, "--resume"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (out / "main/generator.pt").is_file()
+    finally:
+        stop(server)
+
+
+# --------------------------------------------------------------------------- bad configuration
+
+BAD_INPUTS = [
+    (["prepare", "--set", "prepare.image_size=0"], "prepare.image_size: Input should be greater than or equal to 8"),
+    (["prepare", "--set", "prepare.image_size=big"], "prepare.image_size: Input should be a valid integer"),
+    (["prepare", "--set", "prepare.source=s3"], "prepare.source: Input should be"),
+    (["prepare", "--set", "prepare.source=imagefolder"], "prepare.path: source 'imagefolder' needs a directory"),
+    (["prepare", "--set", "prepare.holdout_fraction=0"], "prepare.holdout_fraction: Input should be greater than 0"),
+    (["prepare", "--set", "prepare.channels=4"], "prepare.channels: Input should be 'auto', 1 or 3"),
+    (["prepare", "--set", "prepare.max_images=-5"], "prepare.max_images: Input should be greater than or equal to 0"),
+    (["train", "--set", "train.lr=-1e-4"], "train.lr: Input should be greater than 0"),
+    (["train", "--set", "train.batch_size=0"], "train.batch_size: Input should be greater than or equal to 1"),
+    (["train", "--set", "train.model=biggan"], "train.model: Input should be 'mlp', 'dcgan', 'wgan-gp' or 'cdcgan'"),
+    (["train", "--set", "train.stepz=10"], "train.stepz: unknown key (allowed: model, run_name"),
+    (["train", "--set", "train.beta1=1.5"], "train.beta1: Input should be less than 1"),
+    (["train", "--set", "train.device=gpu"], "train.device: String should match pattern"),
+    (["train", "--set", "train.run_name=featurenet"], "train.run_name: 'featurenet' is reserved"),
+    (["train", "--set", "train.model=dcgan", "--set", "prepare.image_size=24"], "24 px is not supported by train.model=dcgan"),
+    (["train", "--set", "train.n_critic=0"], "train.n_critic: Input should be greater than or equal to 1"),
+    (["train", "--set", "train.ema_decay=1"], "train.ema_decay: Input should be less than 1"),
+    (["train", "--set", "lr=1"], "expected section.key=value"),
+    (["train", "--set", "trian.lr=1"], "unknown section 'trian'"),
+    (["train", "--set", "train.lr=[0.1"], "not valid YAML"),
+    (["evaluate", "--set", "evaluate.features=clip"], "evaluate.features: Input should be 'featurenet' or 'inception'"),
+    (["evaluate", "--set", "evaluate.num_samples=1"], "evaluate.num_samples: Input should be greater than or equal to 2"),
+    (["evaluate", "--set", "evaluate.inception_weights=/x.pth"], "evaluate.inception_weights: only used with evaluate.features=inception"),
+    (["export", "--set", "export.parity_batches=[0]"], "export.parity_batches: every batch must be in 1..4096 (got [0])"),
+    (["export", "--set", "export.parity_tolerance=0"], "export.parity_tolerance: Input should be greater than 0"),
+    (["promote", "--set", "mlflow.enabled=maybe"], "mlflow.enabled"),
+    (["train", "--set", "schedule.cron=every day"], "schedule.cron: String should match pattern"),
+]  # fmt: skip
+
+
+def test_bad_inputs_give_one_line_and_overwrite_nothing(tmp_path, digits_dir):
+    """At least 20 distinct invalid params / CLI inputs: one line naming the problem, exit 2, outputs untouched."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    before = {p: p.read_bytes() for p in data.iterdir()}
+    assert len({msg for _, msg in BAD_INPUTS}) >= 20
+    for args, expected in BAD_INPUTS:
+        stage = args[0]
+        paths = {
+            "prepare": ["--out", str(data)],
+            "train": ["--data", str(data), "--out", str(tmp_path / "runs")],
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "ganforge", stage, "--params", str(ROOT / "params.yaml"), *args[1:], *paths.get(stage, [])],
+            capture_output=True, text=True, cwd=tmp_path,
+        )  # fmt: skip
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert (
+            len(lines) == 1
+            and lines[0].startswith(f"ganforge {stage}: error: ")
+            and expected in lines[0]
+        ), (args, lines)
+    assert {p: p.read_bytes() for p in data.iterdir()} == before
+    assert not (tmp_path / "runs").exists()
