@@ -163,29 +163,8 @@ def test_fuzzed_queries_never_get_a_500(server):
 
 @pytest.mark.slow
 def test_load_2000_requests_at_concurrency_16(server):
-    import asyncio
-    import statistics
-    import time
+    from benchmarks.http_load import run_load
 
-    async def main():
-        latencies, errors = [], 0
-        sem = asyncio.Semaphore(16)
-        async with httpx.AsyncClient(base_url=server, timeout=60) as client:
-
-            async def one(i):
-                nonlocal errors
-                async with sem:
-                    t0 = time.perf_counter()
-                    r = await client.get("/generate", params={"n": 16, "seed": i, "label": i % 10})
-                    latencies.append(time.perf_counter() - t0)
-                    errors += r.status_code != 200
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one(i) for i in range(2000)))
-            return latencies, errors, time.perf_counter() - t0
-
-    latencies, errors, total = asyncio.run(main())
-    assert errors == 0 and len(latencies) == 2000
-    lat = sorted(latencies)
-    print(f"\nload: 2000 requests, concurrency 16: p50 {statistics.median(lat) * 1000:.1f} ms, "
-          f"p99 {lat[int(0.99 * len(lat))] * 1000:.1f} ms, {2000 / total:.1f} requests/s, 0 errors")  # fmt: skip
+    result = run_load(server, total=2000, concurrency=16, n=16, conditional=True)
+    print(f"\nload: {result}")
+    assert result["errors"] == 0 and result["requests"] == 2000
