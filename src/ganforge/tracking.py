@@ -116,7 +116,7 @@ class MlflowTracker(Tracker):
     active = True
 
     def __init__(self, run_id: str, uri: str) -> None:
-        self.mlflow = _mlflow()
+        _mlflow()
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
@@ -194,7 +194,7 @@ def start_run(params, manifest: dict[str, Any], run_dir: str | Path) -> Tracker:
         return Tracker()
     uri = tracking_uri()
     check_reachable(uri)
-    mlflow = _mlflow()
+    _mlflow()  # telemetry off before the first mlflow import
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -218,7 +218,6 @@ def start_run(params, manifest: dict[str, Any], run_dir: str | Path) -> Tracker:
         raise TrackingError(
             f"MLflow could not open a run on {uri}: {str(exc).splitlines()[0][:300]}"
         ) from None
-    del mlflow
     tracker = MlflowTracker(run.info.run_id, uri)
     tracker.log_params(params.flat())
     write_json(

@@ -187,7 +187,6 @@ class Trainer:
             x.to(data_device), y.to(data_device), tp.batch_size, tp.seed, device
         )
 
-        self._d_forward, self._g_forward = self.variant.d_loss, self.variant.g_loss
         if tp.compile:
             self.G.compile()
             self.D.compile()
@@ -206,14 +205,14 @@ class Trainer:
             with self.amp:
                 with torch.no_grad():
                     fake = G(self._noise(real.shape[0]), y)
-                d_loss, stats = self._d_forward(D, real, fake, y)
+                d_loss, stats = self.variant.d_loss(D, real, fake, y)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
 
         with self.amp:
             fake = G(self._noise(real.shape[0]), y)
-            g_loss, g_stats = self._g_forward(D, fake, y)
+            g_loss, g_stats = self.variant.g_loss(D, fake, y)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
