@@ -99,8 +99,9 @@ def tiny_onnx(digits_generator, tmp_path_factory) -> Path:
     return out / "g.onnx"
 
 
-def make_project(dest: Path, **sections) -> Path:
-    """A git repository holding this project's files (as in a fresh clone) with tiny params."""
+def make_project(dest: Path, tiny: bool = True, **sections) -> Path:
+    """A git repository holding this project's files (as in a fresh clone), with tiny params
+    unless ``tiny`` is False (then params.yaml's defaults), and ``sections`` applied on top."""
     import shutil
     import subprocess
 
@@ -114,13 +115,13 @@ def make_project(dest: Path, **sections) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    tiny = {
+    small = {
         "train": {"steps": 600, "g_width": 16, "d_width": 16, "sample_every": 300, "checkpoint_every": 300, "fid_samples": 200},
         "featurenet": {"epochs": 5},
         "evaluate": {"num_samples": 1000, "bootstrap": 50, "kid_subsets": 10, "pr_samples": 500},
         "schedule": {"retries": 0, "retry_delay_s": 0},
     }  # fmt: skip
-    for name, values in {**tiny, **sections}.items():
+    for name, values in {**(small if tiny else {}), **sections}.items():
         params[name].update(values)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]

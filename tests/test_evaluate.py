@@ -114,6 +114,7 @@ def test_evaluate_end_to_end(tmp_path, digits_dir, digits_featurenet, digits_gen
     )
     assert json.loads((tmp_path / "eval.json").read_text()) == m
     assert m["fid_ci95"][0] <= m["fid"] <= m["fid_ci95"][1]
+    assert 0 < m["fid_floor"] < 2  # two real halves: small and positive
     assert (
         m["fid_floor"] < m["fid_at_floor_samples"]
     )  # a 200-step model is told apart from real data
@@ -253,3 +254,30 @@ def test_inception_weights_must_be_plain_tensors(tmp_path):
     torch.save({"w": torch.zeros(2)}, other)
     with pytest.raises(ConfigError, match="not an FID InceptionV3 state dict"):
         InceptionFeatures(str(other), torch.device("cpu"), batch=4)
+
+
+@pytest.mark.slow
+def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
+    """The `make run` model (default params: DCGAN + R1, 3,000 steps) and the default feature
+    network: full class coverage, no collapse flag, FID well above the real-data floor."""
+    from ganforge.config import load_params
+    from ganforge.featurenet import train_featurenet
+
+    from .conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml", ["train.fid_samples=0", "evaluate.bootstrap=50"])
+    train_featurenet(params, digits_dir, tmp_path / "fn")
+    train(params, digits_dir, tmp_path / "runs", progress=False)
+    m = evaluate(
+        params,
+        digits_dir,
+        tmp_path / "runs/main/generator.pt",
+        tmp_path / "fn/featurenet.pt",
+        tmp_path / "e.json",
+        tmp_path / "r",
+    )
+    assert m["mode_collapse"] is False and m["class_coverage"] == 1.0, (
+        m["class_histogram"],
+        m["kl_class"],
+    )
+    assert m["fid_floor"] < m["fid_ci95"][0]
