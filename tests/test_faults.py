@@ -109,7 +109,7 @@ def test_divergence_fails_the_stage_and_the_mlflow_run(tmp_path, digits_dir):
     from mlflow.tracking import MlflowClient
 
     run_id = json.loads((out / "main/mlflow_run.json").read_text())["run_id"]
-    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FAILED"
+    assert MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(run_id).info.status == "FAILED"
 
 
 @pytest.mark.slow
@@ -131,7 +131,9 @@ def test_divergence_stops_the_pipeline_and_the_flow(tmp_path):
     assert not (project / "exported").exists() and not (project / "metrics/promote.json").exists()
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{project}/mlflow.db", registry_uri=f"sqlite:///{project}/mlflow.db"
+    )
     assert client.search_registered_models() == []  # nothing registered, nothing promoted
 
 

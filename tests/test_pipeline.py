@@ -49,7 +49,9 @@ def test_dvc_repro_runs_every_stage(reproduced):
     # the run in MLflow: params with params.yaml names, loss history, FID per sample step, eval metrics, tags
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{p}/mlflow.db")
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{p}/mlflow.db", registry_uri=f"sqlite:///{p}/mlflow.db"
+    )
     run_id = json.loads((p / "models/main/mlflow_run.json").read_text())["run_id"]
     r = client.get_run(run_id)
     assert r.data.params["train.model"] == "dcgan" and r.data.params["train.steps"] == "600"

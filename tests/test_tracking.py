@@ -61,7 +61,7 @@ def test_training_is_tracked_on_the_server(mlflow_server, tmp_path, digits_dir):
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "ganforge-digits"
@@ -115,7 +115,7 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
 
     ev = json.loads((project / "metrics/eval.json").read_text())
     pr = json.loads((project / "metrics/promote.json").read_text())
-    client = MlflowClient(tracking_uri=mlflow_server)  # REST
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)  # REST
     name = "ganforge-digits-dcgan"
     v1 = client.get_model_version(name, "1")
     assert float(v1.tags["fid"]) == ev["fid"] and v1.tags["role"] == (

@@ -221,6 +221,9 @@ def log_to_tracker(tracker, result: dict[str, Any]) -> None:
             "parity_max_abs_diff": result["parity_max_abs_diff"],
         }
     )
+    mlflow.set_tracking_uri(
+        tracker.uri
+    )  # start_run is fluent: this run's store, not a global default
     with mlflow.start_run(run_id=tracker.run_id):
         info = mlflow.onnx.log_model(
             onnx.load(result["onnx"]),

@@ -169,7 +169,10 @@ def promote(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    # register_model is fluent: point the global URI at this store, whatever was set before
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.get_run(run_id)
     name = registered_model_name(
         params,
@@ -272,7 +275,7 @@ def history(params, name: str | None = None) -> list[dict[str, Any]]:
     _mlflow()
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     models = (
         [client.get_registered_model(name)]
         if name

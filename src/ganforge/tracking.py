@@ -119,7 +119,7 @@ class MlflowTracker(Tracker):
         _mlflow()
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.run_id, self.uri = run_id, uri
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -197,7 +197,7 @@ def start_run(params, manifest: dict[str, Any], run_dir: str | Path) -> Tracker:
     _mlflow()  # telemetry off before the first mlflow import
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = f"{params.mlflow.experiment_prefix}-{dataset_name(manifest)}"
     try:
         exp = client.get_experiment_by_name(name)
