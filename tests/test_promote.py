@@ -42,6 +42,7 @@ def registry(tmp_path, monkeypatch, tiny_onnx):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # artifacts go to ./mlruns beside the store
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # in-process promote() calls of earlier tests set it globally
     exp = mlflow.set_experiment("ganforge-digits")
     model = onnx.load(tiny_onnx)
 
@@ -102,7 +103,10 @@ def test_registry_promotion_sequence(registry):
     better = do_promote(registry(5, 40.0))
     assert better["promote"] and better["champion_before"] == "1"
 
-    client = MlflowClient()
+    client = MlflowClient(
+        tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+        registry_uri=os.environ["MLFLOW_TRACKING_URI"],
+    )
     name = "ganforge-digits-dcgan"
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "5"
     v2 = client.get_model_version(name, "2")
@@ -164,7 +168,10 @@ def test_concurrent_promotions_leave_one_best_champion(registry, tmp_path):
     ]
     assert [p.wait(timeout=300) for p in procs] == [0] * 8
 
-    client = MlflowClient()
+    client = MlflowClient(
+        tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+        registry_uri=os.environ["MLFLOW_TRACKING_URI"],
+    )
     name = "ganforge-digits-dcgan"
     champ = client.get_model_version_by_alias(name, CHAMPION)
     assert float(champ.tags["fid"]) == 10.0

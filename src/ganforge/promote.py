@@ -198,27 +198,28 @@ def promote(
         "generator_sha256": exported["generator_sha256"],
         "onnx_sha256": exported.get("onnx_sha256"),
     }
-    try:
-        with contextlib.suppress(MlflowException):
-            client.create_registered_model(
-                name, description="ganforge generators (ONNX); alias champion = deployed"
-            )
-        source = exported.get("mlflow_model_uri")
-        if not source:
-            raise PromotionError(
-                f"{export_path}: no mlflow_model_uri (export ran without MLflow tracking)"
-            )
-        mv = mlflow.register_model(
-            source,
-            name,
-            tags={k: str(v) for k, v in tags.items() if v is not None},
+    source = exported.get("mlflow_model_uri")
+    if not source:
+        raise PromotionError(
+            f"{export_path}: no mlflow_model_uri (export ran without MLflow tracking)"
         )
-        version = str(mv.version)
-        new = _candidate_from_tags(version, {k: str(v) for k, v in tags.items()})
+    try:
+        # Everything that writes the registry happens under the lock: concurrent promotions
+        # neither contend on the store nor decide on a champion that is being replaced.
         with registry_lock(uri):
-            champ_mv = None
-            with contextlib.suppress(MlflowException):
-                champ_mv = client.get_model_version_by_alias(name, CHAMPION)
+            if not client.search_registered_models(filter_string=f"name = '{name}'"):
+                client.create_registered_model(
+                    name, description="ganforge generators (ONNX); alias champion = deployed"
+                )
+            mv = mlflow.register_model(
+                source, name, tags={k: str(v) for k, v in tags.items() if v is not None}
+            )
+            version = str(mv.version)
+            new = _candidate_from_tags(version, {k: str(v) for k, v in tags.items()})
+            # the alias map: a missing champion is absent here, not an exception; any error
+            # reading it fails the stage instead of passing for "no champion"
+            champ_version = client.get_registered_model(name).aliases.get(CHAMPION)
+            champ_mv = client.get_model_version(name, champ_version) if champ_version else None
             champion = (
                 _candidate_from_tags(str(champ_mv.version), champ_mv.tags) if champ_mv else None
             )
