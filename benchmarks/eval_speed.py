@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from ganforge.config import parse_params
-from ganforge.data import prepare
-from ganforge.evaluate import evaluate
-from ganforge.featurenet import train_featurenet
-from ganforge.train import train
+from ganforge.stages.evaluate import evaluate
+from ganforge.stages.featurenet import train_featurenet
+from ganforge.stages.prepare import prepare
+from ganforge.stages.train import train
 
 
 def main() -> None:

@@ -74,9 +74,9 @@ def main() -> None:
         model = args.model
         if model is None:
             from ganforge.config import parse_params
-            from ganforge.data import prepare
-            from ganforge.export import export
-            from ganforge.train import train
+            from ganforge.stages.export import export
+            from ganforge.stages.prepare import prepare
+            from ganforge.stages.train import train
 
             params = parse_params(
                 {"train": {"model": "cdcgan", "steps": 1, "device": "cpu", "fid_samples": 0}}

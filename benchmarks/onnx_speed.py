@@ -26,12 +26,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ganforge.checkpoint import load_generator
 from ganforge.config import parse_params
-from ganforge.data import prepare
-from ganforge.export import export
-from ganforge.onnxrt import OnnxGenerator
-from ganforge.train import train
+from ganforge.deploy.onnxrt import OnnxGenerator
+from ganforge.models import load_generator
+from ganforge.stages.export import export
+from ganforge.stages.prepare import prepare
+from ganforge.stages.train import train
 
 
 def rate(fn, batch: int, seconds: float) -> float:

@@ -35,11 +35,15 @@ import torch
 from torch import nn
 
 from ganforge.config import parse_params
-from ganforge.data import load_split, prepare
-from ganforge.evaluate import DomainFeatures, fid, generate
-from ganforge.featurenet import train_featurenet
+from ganforge.core.dataset import load_split
+from ganforge.core.device import resolve_device
+from ganforge.engine.trainer import Trainer
+from ganforge.metrics.features import DomainFeatures
+from ganforge.metrics.scores import fid
 from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from ganforge.train import Trainer, resolve_device
+from ganforge.stages.evaluate import generate
+from ganforge.stages.featurenet import train_featurenet
+from ganforge.stages.prepare import prepare
 
 
 def sync(device: torch.device) -> None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ganforge.config import parse_params
-from ganforge.data import prepare
+from ganforge.stages.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("GANFORGE_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
@@ -67,7 +67,7 @@ def params_file(tmp_path):
 @pytest.fixture(scope="session")
 def digits_featurenet(digits_dir, tmp_path_factory) -> Path:
     """The feature network trained on the digits fixture (a few epochs, still > 95%)."""
-    from ganforge.featurenet import train_featurenet
+    from ganforge.stages.featurenet import train_featurenet
 
     out = tmp_path_factory.mktemp("featurenet")
     train_featurenet(tiny_params(featurenet={"epochs": 4}), digits_dir, out)
@@ -77,7 +77,7 @@ def digits_featurenet(digits_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_generator(digits_dir, tmp_path_factory) -> Path:
     """A short-trained DCGAN on the digits fixture."""
-    from ganforge.train import train
+    from ganforge.stages.train import train
 
     out = tmp_path_factory.mktemp("runs")
     train(
@@ -92,7 +92,7 @@ def digits_generator(digits_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(digits_generator, tmp_path_factory) -> Path:
     """The digits fixture generator exported to ONNX (parity-checked)."""
-    from ganforge.export import export
+    from ganforge.stages.export import export
 
     out = tmp_path_factory.mktemp("onnx")
     export(tiny_params(), digits_generator, out / "g.onnx", out / "export.json")

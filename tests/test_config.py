@@ -33,7 +33,7 @@ def test_repo_params_load_and_defaults_match_the_model():
         ({"train": {"steps": "many"}}, "train.steps: Input should be a valid integer"),
         (
             {"train": {"model": "stylegan"}},
-            "train.model: Input should be 'mlp', 'dcgan', 'wgan-gp' or 'cdcgan'",
+            "train.model: unknown family 'stylegan' (allowed: mlp, dcgan, wgan-gp, cdcgan, sngan)",
         ),
         (
             {"prepare": {"image_size": 20}},

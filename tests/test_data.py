@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganforge.data import load_split, prepare, read_idx
+from ganforge.core.dataset import load_split
 from ganforge.errors import DataError
+from ganforge.stages.prepare import prepare, read_idx
 
 from .conftest import tiny_params
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from ganforge.data import load_split
+from ganforge.core.dataset import load_split
+from ganforge.core.device import to_unit_range as to_float
 from ganforge.errors import ConfigError
-from ganforge.evaluate import (
-    EvaluationError,
-    InceptionFeatures,
+from ganforge.metrics.featurenet import load_featurenet
+from ganforge.metrics.features import InceptionFeatures
+from ganforge.metrics.scores import (
     class_histogram,
-    evaluate,
     fid,
     fid_bootstrap,
     inception_score,
@@ -21,8 +21,8 @@ from ganforge.evaluate import (
     mode_collapse,
     precision_recall,
 )
-from ganforge.featurenet import load_featurenet, to_float
-from ganforge.train import train
+from ganforge.stages.evaluate import EvaluationError, evaluate
+from ganforge.stages.train import train
 
 from .conftest import tiny_params
 
@@ -169,7 +169,7 @@ def test_conditional_reports(tmp_path, digits_dir, digits_featurenet):
 
 
 def test_mismatched_data_is_refused(tmp_path, digits_dir, digits_featurenet, digits_generator):
-    from ganforge.data import prepare
+    from ganforge.stages.prepare import prepare
 
     other = tmp_path / "other"
     prepare(tiny_params(prepare={"seed": 1}).prepare, other)  # another split of the same digits
@@ -261,7 +261,7 @@ def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
     """The `make run` model (default params: DCGAN + R1, 3,000 steps) and the default feature
     network: full class coverage, no collapse flag, FID well above the real-data floor."""
     from ganforge.config import load_params
-    from ganforge.featurenet import train_featurenet
+    from ganforge.stages.featurenet import train_featurenet
 
     from .conftest import ROOT
 

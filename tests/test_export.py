@@ -11,21 +11,23 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ganforge.export import ExportError, export, verify
-from ganforge.onnxrt import OnnxGenerator
-from ganforge.train import train
+from ganforge.deploy.onnxrt import OnnxGenerator
+from ganforge.models import VARIANTS
+from ganforge.stages.export import ExportError, export, verify
+from ganforge.stages.train import train
 
 from .conftest import ROOT, tiny_params
 
 
-@pytest.mark.parametrize("family", ["mlp", "dcgan", "wgan-gp", "cdcgan"])
+@pytest.mark.parametrize("family", list(VARIANTS))
 def test_every_family_exports_with_parity(tmp_path, digits_dir, family):
     params = tiny_params(train={"model": family, "steps": 5, "n_critic": 1})
     train(params, digits_dir, tmp_path / "runs", progress=False)
     result = export(
         params, tmp_path / "runs/main/generator.pt", tmp_path / "g.onnx", tmp_path / "export.json"
     )
-    assert result["parity_passed"] and result["parity_max_abs_diff"] <= 1e-4
+    assert result["parity_max_abs_diff"] <= 1e-4 and result["parity_tolerance"] == 1e-4
+    assert result["conditional"] == VARIANTS[family].conditional
     assert set(result["parity_per_batch"]) == {"1", "64"}
     assert (
         json.loads((tmp_path / "export.json").read_text())["onnx_sha256"] == result["onnx_sha256"]
@@ -57,7 +59,7 @@ def altered(src, dst, delta=0.05):
 
 
 def test_parity_gate_fails_on_an_altered_model(tmp_path, digits_generator, tiny_onnx):
-    assert verify(tiny_params(), tiny_onnx, digits_generator)["parity_passed"]
+    assert verify(tiny_params(), tiny_onnx, digits_generator)["max_abs_diff"] <= 1e-4
     altered(tiny_onnx, tmp_path / "bad.onnx")
     with pytest.raises(
         ExportError,

@@ -144,7 +144,7 @@ def test_divergence_stops_the_pipeline_and_the_flow(tmp_path):
 def test_tracking_server_loss_fails_cleanly_and_resume_completes(tmp_path, digits_dir):
     import os
 
-    from ganforge.checkpoint import STATE_FORMAT, list_checkpoints, load_verified
+    from ganforge.core.checkpoint import STATE_FORMAT, list_checkpoints, load_verified
 
     from .conftest import free_port, stop, wait_http
 
@@ -204,7 +204,7 @@ BAD_INPUTS = [
     (["prepare", "--set", "prepare.max_images=-5"], "prepare.max_images: Input should be greater than or equal to 0"),
     (["train", "--set", "train.lr=-1e-4"], "train.lr: Input should be greater than 0"),
     (["train", "--set", "train.batch_size=0"], "train.batch_size: Input should be greater than or equal to 1"),
-    (["train", "--set", "train.model=biggan"], "train.model: Input should be 'mlp', 'dcgan', 'wgan-gp' or 'cdcgan'"),
+    (["train", "--set", "train.model=biggan"], "train.model: unknown family 'biggan' (allowed: mlp, dcgan, wgan-gp, cdcgan, sngan)"),
     (["train", "--set", "train.stepz=10"], "train.stepz: unknown key (allowed: model, run_name"),
     (["train", "--set", "train.beta1=1.5"], "train.beta1: Input should be less than 1"),
     (["train", "--set", "train.device=gpu"], "train.device: String should match pattern"),

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from ganforge.checkpoint import CheckpointError
-from ganforge.data import prepare
-from ganforge.featurenet import FeatureNet, FeatureNetError, load_featurenet, train_featurenet
+from ganforge.errors import CheckpointError
+from ganforge.metrics.featurenet import FeatureNet, load_featurenet
+from ganforge.stages.featurenet import FeatureNetError, train_featurenet
+from ganforge.stages.prepare import prepare
 
 from .conftest import tiny_params
 

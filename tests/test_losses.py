@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ganforge import losses
+from ganforge.models import losses
 
 LN2 = math.log(2.0)
 
@@ -60,3 +60,11 @@ def test_r1_penalty_of_a_linear_discriminator():
     w = torch.tensor([3.0, 4.0])  # |w|^2 = 25 at every point
     r1 = losses.r1_penalty(lambda x: x @ w, torch.randn(7, 2))
     assert r1.item() == pytest.approx(25.0)
+
+
+def test_hinge_known_values():
+    zero = torch.zeros(4)
+    assert losses.d_loss_hinge(zero, zero).item() == pytest.approx(2.0)
+    # confident and correct beyond the margin costs nothing
+    assert losses.d_loss_hinge(torch.full((4,), 2.0), torch.full((4,), -2.0)).item() == 0.0
+    assert losses.g_loss_hinge(torch.tensor([1.0, 3.0])).item() == pytest.approx(-2.0)

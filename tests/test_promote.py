@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ganforge.promote import CHAMPION, Candidate, decide, history, promote
+from ganforge.stages.promote import CHAMPION, Candidate, Decision, decide, history, promote
 
 from .conftest import ROOT, tiny_params
 
@@ -19,9 +19,7 @@ def cand(v, fid, half=1.0, collapse=False, parity=True):
 
 
 def test_rule():
-    assert (
-        decide(cand(1, 50), None) == (True, "no champion yet") or decide(cand(1, 50), None).promote
-    )
+    assert decide(cand(1, 50), None) == Decision(True, "no champion yet")
     assert decide(cand(2, 40), cand(1, 50)).promote  # 41 < 49: beyond both intervals
     d = decide(cand(2, 48.5), cand(1, 50))  # better, but the intervals overlap
     assert not d.promote and "does not beat champion v1" in d.reason
@@ -63,13 +61,15 @@ def registry(tmp_path, monkeypatch, tiny_onnx):
         metrics = {
             "fid": fid, "fid_ci95": [fid - half, fid + half], "fid_floor": 0.3, "kid_mean": 0.1, "is_mean": 3.0,
             "precision": 0.5, "recall": 0.5, "class_coverage": 1.0, "mode_collapse": collapse,
-            "protocol": {"generator_sha256": sha, "generator_family": "dcgan"},
+            "protocol": {"generator_sha256": sha, "generator_family": "dcgan", "dataset": "digits"},
         }  # fmt: skip
         (run_dir / "eval.json").write_text(json.dumps(metrics))
         exported = {
-            "parity_passed": parity,
-            "parity_max_abs_diff": 1e-7,
+            "parity_max_abs_diff": 1e-7 if parity else 1e-2,
+            "parity_tolerance": 1e-4,
             "generator_sha256": sha,
+            "onnx_sha256": f"onnx-{i}",
+            "mlflow_run_id": run.info.run_id,
             "mlflow_model_uri": info.model_uri,
         }
         (run_dir / "export.json").write_text(json.dumps(exported))
@@ -81,7 +81,6 @@ def registry(tmp_path, monkeypatch, tiny_onnx):
 def do_promote(run_dir):
     return promote(
         tiny_params(),
-        run_dir,
         run_dir / "eval.json",
         run_dir / "export.json",
         run_dir / "promote.json",
@@ -158,9 +157,9 @@ def test_concurrent_promotions_leave_one_best_champion(registry, tmp_path):
     ]  # 10 beats every other beyond the intervals
     dirs = [registry(i, f) for i, f in enumerate(fids)]
     code = (
-        "import sys; from ganforge.promote import promote; from tests.conftest import tiny_params; "
+        "import sys; from ganforge.stages.promote import promote; from tests.conftest import tiny_params; "
         "from pathlib import Path; d = Path(sys.argv[1]); "
-        "promote(tiny_params(), d, d / 'eval.json', d / 'export.json', d / 'promote.json')"
+        "promote(tiny_params(), d / 'eval.json', d / 'export.json', d / 'promote.json')"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from ganforge.export import export
-from ganforge.train import train
+from ganforge.stages.export import export
+from ganforge.stages.train import train
 
 from .conftest import free_port, stop, tiny_params, wait_http
 

@@ -96,7 +96,7 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from ganforge.promote import promote
+    from ganforge.stages.promote import promote
 
     from .conftest import make_project, project_env, tiny_params
 
@@ -136,7 +136,7 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
                 {**ev, "mode_collapse": False, "fid": fid, "fid_ci95": [fid - half, fid + half]}
             )
         )
-        return promote(tiny_params(), d, d / "eval.json", d / "export.json", d / "promote.json")
+        return promote(tiny_params(), d / "eval.json", d / "export.json", d / "promote.json")
 
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
     try:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ganforge.checkpoint import list_checkpoints, load_generator
-from ganforge.data import load_split
+from ganforge.core.checkpoint import list_checkpoints
+from ganforge.core.dataset import load_split
 from ganforge.errors import CheckpointError, ConfigError, DivergenceError
-from ganforge.models import ModelSpec, make_variant
-from ganforge.train import train
+from ganforge.models import ModelSpec, load_generator, make_variant
+from ganforge.stages.train import train
 
 from .conftest import tiny_params
 

@@ -19,20 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from ganforge.errors import ConfigError
-
-# Image sides each model family can build (see models/*.py); mlp takes any side in range.
-CONV_IMAGE_SIZES = (16, 28, 32, 64)
-MLP_IMAGE_SIZES = tuple(range(8, 65))
-MODEL_IMAGE_SIZES: dict[str, tuple[int, ...]] = {
-    "mlp": MLP_IMAGE_SIZES,
-    "dcgan": CONV_IMAGE_SIZES,
-    "wgan-gp": CONV_IMAGE_SIZES,
-    "cdcgan": CONV_IMAGE_SIZES,
-}
-
+from ganforge.models import VARIANTS, all_settings
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
@@ -61,8 +59,10 @@ class PrepareParams(_Section):
         return self
 
 
-class TrainParams(_Section):
-    model: Literal["mlp", "dcgan", "wgan-gp", "cdcgan"] = "dcgan"
+class _TrainCommon(_Section):
+    """The keys every family reads; each family's own keys come from its ``settings``."""
+
+    model: str = "dcgan"
     run_name: str = Field("main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     latent_dim: int = Field(64, ge=1, le=1024)
     g_width: int = Field(32, ge=4, le=1024)
@@ -73,9 +73,6 @@ class TrainParams(_Section):
     d_lr: float | None = Field(None, gt=0.0, le=1.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    n_critic: int = Field(5, ge=1, le=100)
-    gp_lambda: float = Field(10.0, ge=0.0)
-    r1_gamma: float = Field(1.0, ge=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(500, ge=1)
@@ -89,12 +86,23 @@ class TrainParams(_Section):
     data_on_device: bool = True
     seed: int = Field(0, ge=0)
 
+    @field_validator("model")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        if v not in VARIANTS:
+            raise ValueError(f"train.model: unknown family {v!r} (allowed: {', '.join(VARIANTS)})")
+        return v
+
     @field_validator("run_name")
     @classmethod
     def _not_reserved(cls, v: str) -> str:
         if v == "featurenet":
             raise ValueError("'featurenet' is reserved for the feature network's directory")
         return v
+
+
+# train.*: the common keys plus every variant's own (ganforge.models.VARIANTS[...].settings)
+TrainParams = create_model("TrainParams", __base__=_TrainCommon, **all_settings())
 
 
 class FeaturenetParams(_Section):
@@ -181,7 +189,7 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _compatible(self) -> Params:
-        allowed = MODEL_IMAGE_SIZES[self.train.model]
+        allowed = VARIANTS[self.train.model].image_sizes
         size = self.prepare.image_size
         if size not in allowed:
             shown = (

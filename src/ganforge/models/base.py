@@ -1,8 +1,17 @@
 """The variant contract: what every GAN family gives the one training loop.
 
-A variant builds a generator and a discriminator (or critic) from a ``ModelSpec`` and
-says how to score one discriminator step and one generator step. The loop in
-``ganforge.train`` never branches on the family. Shapes throughout:
+A variant is one module in this package holding one ``Variant`` subclass, which says
+everything the rest of ganforge needs to know about the family:
+
+- ``name`` (the ``train.model`` value), ``conditional`` (takes class labels),
+  ``image_sizes`` (the sides it can build);
+- ``settings``: its own ``train.*`` keys with type, default and range (pydantic
+  ``Field``s); ``ganforge.config`` builds ``TrainParams`` from the registry, so a new key
+  is declared here and nowhere else;
+- how to build G and D from a ``ModelSpec`` and score one discriminator step and one
+  generator step (pure functions of the outputs, from ``ganforge.models.losses``).
+
+The loop in ``ganforge.engine.trainer`` never branches on the family. Shapes throughout:
 
     z       float (N, latent_dim)        labels  int64 (N,) or None (unconditional)
     images  float (N, C, H, W) in [-1, 1]
@@ -11,13 +20,26 @@ says how to score one discriminator step and one generator step. The loop in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from ganforge import losses
+from ganforge.models import losses
+
+# Image sides the transposed-conv families can build (dcgan.conv_plan); the MLP takes any.
+CONV_IMAGE_SIZES = (16, 28, 32, 64)
+
+# A setting is (type, pydantic Field with default, range and description).
+Setting = tuple[Any, Any]
+
+# Shared by the BCE families (mlp, dcgan, cdcgan): one definition, so they cannot drift.
+R1_GAMMA: Setting = (
+    float,
+    Field(1.0, ge=0.0, description="R1 penalty weight on real-data gradients; 0 = off"),
+)
 
 
 @dataclass(frozen=True)
@@ -36,20 +58,20 @@ class ModelSpec:
 
 
 class Variant:
-    """Subclass, set ``name`` and the two model classes, and define the two step losses."""
+    """Subclass, set the class attributes below, and define the two step losses."""
 
     name: ClassVar[str]
     conditional: ClassVar[bool] = False
+    image_sizes: ClassVar[tuple[int, ...]] = CONV_IMAGE_SIZES
+    settings: ClassVar[Mapping[str, Setting]] = {}
     generator_cls: ClassVar[type[nn.Module]]
     discriminator_cls: ClassVar[type[nn.Module]]
 
-    def __init__(
-        self, spec: ModelSpec, *, n_critic: int = 1, gp_lambda: float = 10.0, r1_gamma: float = 0.0
-    ) -> None:
+    def __init__(self, spec: ModelSpec, settings: Mapping[str, Any] | None = None) -> None:
+        """``settings``: values for this variant's own keys (defaults where absent)."""
         self.spec = spec
-        self.n_critic = n_critic
-        self.gp_lambda = gp_lambda
-        self.r1_gamma = r1_gamma
+        given = dict(settings or {})
+        self.config = {k: given.get(k, field.default) for k, (_, field) in self.settings.items()}
 
     @property
     def d_steps(self) -> int:
@@ -99,9 +121,10 @@ def bce_d_loss(
         "d_real": real_logits.detach().sigmoid().mean(),
         "d_fake": fake_logits.detach().sigmoid().mean(),
     }
-    if variant.r1_gamma > 0:
+    r1_gamma = variant.config["r1_gamma"]
+    if r1_gamma > 0:
         r1 = losses.r1_penalty(lambda x: D(x, labels), real)
-        loss = loss + 0.5 * variant.r1_gamma * r1
+        loss = loss + 0.5 * r1_gamma * r1
         stats["r1"] = r1.detach()
     return loss, stats
 
@@ -118,9 +141,3 @@ def init_dcgan_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, 0.02)
-
-
-def sample_latent(
-    n: int, latent_dim: int, device: torch.device | str, generator: torch.Generator | None = None
-) -> Tensor:
-    return torch.randn(n, latent_dim, device=device, generator=generator)

@@ -8,7 +8,7 @@ Works at 16, 28, 32 and 64 px and any channel count. The first generator layer m
       -> (N, 64, 32, 32) -> (N, C, 64, 64)
 
 The discriminator mirrors it down to (N, 8w, 4, 4) and a ``base`` x ``base`` conv gives
-one logit per image. ``cdcgan`` and ``wgan-gp`` reuse these modules.
+one logit per image. ``cdcgan``, ``wgan-gp`` and ``sngan`` reuse these modules.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ganforge import losses
-from ganforge.models.base import Variant, bce_d_loss, init_dcgan_weights
+from ganforge.models import losses
+from ganforge.models.base import R1_GAMMA, Variant, bce_d_loss, init_dcgan_weights
 
 
 def conv_plan(image_size: int) -> tuple[int, int]:
@@ -124,6 +124,7 @@ def _norm(kind: str, c: int) -> nn.Module:
 
 class DCGAN(Variant):
     name = "dcgan"
+    settings = {"r1_gamma": R1_GAMMA}
     generator_cls = DCGANGenerator
     discriminator_cls = DCGANDiscriminator
 

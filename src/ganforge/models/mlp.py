@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ganforge import losses
-from ganforge.models.base import Variant, bce_d_loss, init_dcgan_weights
+from ganforge.models import losses
+from ganforge.models.base import R1_GAMMA, Variant, bce_d_loss, init_dcgan_weights
 
 
 class MLPGenerator(nn.Module):
@@ -51,6 +51,8 @@ class MLPDiscriminator(nn.Module):
 
 class MLPGAN(Variant):
     name = "mlp"
+    image_sizes = tuple(range(8, 65))  # flat pixels: any side in range
+    settings = {"r1_gamma": R1_GAMMA}
     generator_cls = MLPGenerator
     discriminator_cls = MLPDiscriminator
 

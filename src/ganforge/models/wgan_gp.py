@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from ganforge import losses
+from pydantic import Field
+
+from ganforge.models import losses
 from ganforge.models.base import Variant
 from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator
 
@@ -19,16 +21,26 @@ class WGANGP(Variant):
     name = "wgan-gp"
     generator_cls = DCGANGenerator
     discriminator_cls = partial(DCGANDiscriminator, norm="layer")
+    settings = {
+        "n_critic": (
+            int,
+            Field(5, ge=1, le=100, description="critic updates per generator update"),
+        ),
+        "gp_lambda": (float, Field(10.0, ge=0.0, description="gradient-penalty weight")),
+    }
 
     @property
     def d_steps(self) -> int:
-        return self.n_critic
+        return self.config["n_critic"]
 
     def d_loss(self, D, real, fake, labels):
         real_s, fake_s = D(real, labels), D(fake, labels)
         w_loss = losses.d_loss_wasserstein(real_s, fake_s)
         gp = losses.gradient_penalty(lambda x: D(x, labels), real, fake)
-        return w_loss + self.gp_lambda * gp, {"wasserstein": -w_loss.detach(), "gp": gp.detach()}
+        return w_loss + self.config["gp_lambda"] * gp, {
+            "wasserstein": -w_loss.detach(),
+            "gp": gp.detach(),
+        }
 
     def g_loss(self, D, fake, labels):
         return losses.g_loss_wasserstein(D(fake, labels)), {}

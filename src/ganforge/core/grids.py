@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ganforge.io import atomic_path
+from ganforge.core.files import atomic_path
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int, min_tile: int = 48) -> None:

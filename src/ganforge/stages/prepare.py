@@ -8,8 +8,10 @@ Output directory (replaced as a whole, never half-written)::
     holdout.npz    same layout; the held-out split for evaluation (prepare.holdout_fraction)
     manifest.json  source, image size, channels, class names, counts per class, sha256 per file
 
-``load_split`` reads a split back and checks it against the manifest's checksum, so a
-file changed or damaged after ``prepare`` is never used silently.
+``ganforge.core.dataset.load_split`` reads a split back and checks it against the
+manifest's checksum, so a file changed or damaged after ``prepare`` is never used silently.
+Adding a data source: one ``load_<source>`` function here returning an ``ImageSet``, its
+branch in ``load_source``, and its name in ``config.PrepareParams.source``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from ganforge.config import PrepareParams
+from ganforge.core.dataset import FORMAT, MANIFEST, SPLITS
+from ganforge.core.files import atomic_dir, sha256_bytes
 from ganforge.errors import DataError
-from ganforge.io import atomic_dir, sha256_bytes
 
-FORMAT = "ganforge.prepared/1"
-SPLITS = ("train", "holdout")
 IMAGE_EXTENSIONS = {
     ".png",
     ".jpg",
@@ -326,52 +327,5 @@ def prepare(params: PrepareParams, out_dir: str | Path) -> dict[str, Any]:
     with atomic_dir(out_dir) as tmp:
         for name, blob in blobs.items():
             (tmp / f"{name}.npz").write_bytes(blob)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def read_manifest(data_dir: str | Path) -> dict[str, Any]:
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run `ganforge prepare` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: corrupt manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: not a ganforge prepared-data manifest (format {FORMAT})")
-    return manifest
-
-
-@dataclass(frozen=True)
-class PreparedSplit:
-    images: np.ndarray  # uint8 (N, C, H, W)
-    labels: np.ndarray  # int64 (N,)
-    manifest: dict[str, Any]
-
-
-def load_split(data_dir: str | Path, split: str = "train") -> PreparedSplit:
-    """Read one split, verified against the manifest's sha256."""
-    manifest = read_manifest(data_dir)
-    if split not in manifest["splits"]:
-        raise DataError(f"{data_dir}: no split '{split}' (have: {', '.join(manifest['splits'])})")
-    entry = manifest["splits"][split]
-    path = Path(data_dir) / entry["file"]
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror}); rerun `ganforge prepare`") from None
-    if sha256_bytes(blob) != entry["sha256"]:
-        raise DataError(
-            f"{path}: checksum mismatch with manifest.json (corrupt or changed); rerun `ganforge prepare`"
-        )
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        images, labels = z["images"], z["labels"]
-    size, ch = manifest["image_size"], manifest["channels"]
-    if (
-        images.dtype != np.uint8
-        or images.shape[1:] != (ch, size, size)
-        or len(labels) != len(images)
-    ):
-        raise DataError(f"{path}: arrays do not match the manifest ({images.dtype} {images.shape})")
-    return PreparedSplit(images, labels, manifest)

@@ -5,7 +5,7 @@
     ganforge export --verify path.onnx [--generator ...]   # re-check an existing file
 
 The file (torch.onnx, dynamo exporter, weights inside, opset of the exporter):
-- inputs ``z`` float32 (N, latent_dim) and, for ``cdcgan``, ``labels`` int64 (N,);
+- inputs ``z`` float32 (N, latent_dim) and, for conditional models, ``labels`` int64 (N,);
   N is dynamic; output ``images`` float32 (N, C, H, W) in [-1, 1];
 - ``metadata_props``: family, latent size, classes and their names, image size, channels,
   output range, training run id, params hash, generator sha256.
@@ -13,7 +13,9 @@ The file (torch.onnx, dynamo exporter, weights inside, opset of the exporter):
 Validation: ``onnx.checker``, then onnxruntime against the PyTorch generator on fixed
 seeds at ``export.parity_batches`` (1 and 64): the max absolute difference must be at most
 ``export.parity_tolerance`` (1e-4, fp32). A breach fails the stage with the measured
-difference and writes nothing, so a failed export is never registered or promoted.
+difference and writes nothing, so a failed export is never registered or promoted. A
+passing file is logged to the training run (MLflow's onnx flavour) before ``export.json``
+is written, once, with the model URI that ``ganforge promote`` registers.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ganforge.checkpoint import load_generator
 from ganforge.config import Params
+from ganforge.core.files import atomic_path, sha256_bytes, write_json
+from ganforge.core.runlog import RunLog, Untracked
 from ganforge.errors import GanforgeError
-from ganforge.io import atomic_path, sha256_file, write_json
+from ganforge.models import load_generator
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +66,12 @@ def _export(module: nn.Module, args: tuple, dyn: dict, names: list[str]):
     )  # fmt: skip
 
 
-def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None, generator_sha256: str):
+def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None):
     """The ONNX ModelProto of generator G (eval mode, CPU) with ganforge metadata."""
     import onnx
     from torch.export import Dim
 
-    conditional = meta["family"] == "cdcgan"
+    conditional = meta["conditional"]
     latent = meta["generator_kwargs"]["latent_dim"]
     batch = Dim("batch", min=1, max=65536)
     z = torch.randn(2, latent)
@@ -105,7 +108,7 @@ def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None, generator_sh
         "ganforge.output_range": "[-1, 1] float32 (N, C, H, W)",
         "ganforge.training_run_id": run_id or "",
         "ganforge.params_sha256": _params_hash(meta["params"]),
-        "ganforge.generator_sha256": generator_sha256,
+        "ganforge.generator_sha256": meta["sha256"],
         "ganforge.step": str(meta["step"]),
     }
     del model.metadata_props[:]
@@ -123,7 +126,7 @@ def parity(
     import onnxruntime as ort
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    conditional = meta["family"] == "cdcgan"
+    conditional = meta["conditional"]
     latent = meta["generator_kwargs"]["latent_dim"]
     k = meta["data"]["num_classes"]
     per_batch = {}
@@ -148,42 +151,45 @@ def export(
     generator_path: str | Path,
     out_path: str | Path,
     metrics_path: str | Path,
-    run_id: str | None = None,
+    run: RunLog | None = None,
 ) -> dict[str, Any]:
-    """Export, check and write the ONNX generator; returns the parity report."""
+    """Export, check and write the ONNX generator, log it to ``run``; returns the parity report."""
     import onnx
 
+    run = run or Untracked()
     G, meta = load_generator(generator_path, "cpu")
     ep = params.export
     try:
-        model = to_onnx(G, meta, run_id, sha256_file(generator_path))
+        model = to_onnx(G, meta, run.run_id)
     except onnx.checker.ValidationError as exc:
         raise ExportError(
             f"{generator_path}: exported ONNX fails onnx.checker ({str(exc).splitlines()[0]})"
         ) from None
     blob = model.SerializeToString()
     report = parity(blob, G, meta, ep.parity_batches, ep.parity_seed)
-    passed = report["max_abs_diff"] <= ep.parity_tolerance
-    if not passed:
+    if report["max_abs_diff"] > ep.parity_tolerance:
         raise ExportError(
             f"parity: max |onnxruntime - torch| = {report['max_abs_diff']:.3e} > export.parity_tolerance "
             f"{ep.parity_tolerance:g} (per batch: {report['per_batch']}); nothing written"
         )
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(blob)
+    run.set_tags({"parity_max_abs_diff": report["max_abs_diff"]})
     result = {
         "onnx": str(out_path),
-        "onnx_sha256": sha256_file(out_path),
-        "parity_passed": passed,
+        "onnx_sha256": sha256_bytes(blob),
         "parity_max_abs_diff": report["max_abs_diff"],
         "parity_per_batch": report["per_batch"],
         "parity_tolerance": ep.parity_tolerance,
         "opset": int(model.opset_import[0].version),
         "family": meta["family"],
-        "generator_sha256": sha256_file(generator_path),
+        "conditional": meta["conditional"],
+        "generator_sha256": meta["sha256"],
+        "mlflow_run_id": run.run_id,
+        "mlflow_model_uri": run.log_model(out_path),
     }
     write_json(metrics_path, result)
-    return {**result, "metrics_path": str(metrics_path)}
+    return result
 
 
 def verify(params: Params, onnx_path: str | Path, generator_path: str | Path) -> dict[str, Any]:
@@ -203,36 +209,4 @@ def verify(params: Params, onnx_path: str | Path, generator_path: str | Path) ->
             f"{path}: parity fails: max |onnxruntime - torch| = {report['max_abs_diff']:.3e} > "
             f"export.parity_tolerance {params.export.parity_tolerance:g}"
         )
-    return {"onnx": str(path), "parity_passed": True, **report}
-
-
-def log_to_tracker(tracker, result: dict[str, Any]) -> None:
-    """The ONNX file as an MLflow onnx-flavour model ``generator`` of the run, parity as tags."""
-    if not tracker.active:
-        return
-    import onnx
-
-    from ganforge.tracking import _mlflow
-
-    mlflow = _mlflow()
-    tracker.set_tags(
-        {
-            "parity_passed": str(result["parity_passed"]).lower(),
-            "parity_max_abs_diff": result["parity_max_abs_diff"],
-        }
-    )
-    mlflow.set_tracking_uri(
-        tracker.uri
-    )  # start_run is fluent: this run's store, not a global default
-    with mlflow.start_run(run_id=tracker.run_id):
-        info = mlflow.onnx.log_model(
-            onnx.load(result["onnx"]),
-            name="generator",
-            # say which providers to use, or MLflow warns about CUDA ones on CPU machines
-            onnx_execution_providers=["CPUExecutionProvider"],
-            # stated, not inferred: inference spawns a subprocess and takes seconds
-            pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
-        )
-    # promote registers exactly this logged model
-    result["mlflow_model_uri"] = info.model_uri
-    write_json(result["metrics_path"], {k: v for k, v in result.items() if k != "metrics_path"})
+    return {"onnx": str(path), **report}

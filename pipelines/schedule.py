@@ -2,7 +2,7 @@
 
     prefect server start &                       # a real server: the temporary one never fires schedules
     export PREFECT_API_URL=http://127.0.0.1:4200/api
-    python -m pipelines.serve [--repo .] [--cron "0 3 * * 0"]
+    python -m pipelines.schedule [--repo .] [--cron "0 3 * * 0"]
 
 Runs until SIGTERM/Ctrl-C; the deployment's schedule is not paused on shutdown.
 """

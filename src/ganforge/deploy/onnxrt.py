@@ -70,14 +70,13 @@ def available_providers() -> list[str]:
 def resolve_model(model: str) -> Path:
     """A ``.onnx`` path, or an MLflow ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` URI."""
     if model.startswith(("models:/", "runs:/")):
+        from ganforge.errors import GanforgeError
+        from ganforge.tracking import download_model
+
         try:
-            import mlflow
-        except ImportError:
-            raise ModelLoadError(f"{model}: MLflow URIs need the mlflow package") from None
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
-        except Exception as exc:  # MlflowException and store errors: report, never a traceback
-            raise ModelLoadError(f"{model}: cannot resolve ({str(exc).splitlines()[0]})") from None
+            local = download_model(model)
+        except GanforgeError as exc:
+            raise ModelLoadError(str(exc)) from None
         found = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]
         if not found:
             raise ModelLoadError(f"{model}: no .onnx file in the registered model")

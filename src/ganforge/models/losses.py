@@ -1,8 +1,8 @@
 """GAN losses as pure functions of discriminator outputs (logits or critic scores).
 
-All take and return tensors; none touches a model except ``gradient_penalty``, which
-needs the critic to differentiate through. Known values (tested):
-``d_loss_bce(0, 0) = 2 ln 2``, ``g_loss_nonsaturating(0) = ln 2``; a linear critic
+All take and return tensors; none touches a model except the two penalties, which
+differentiate through the critic. Known values (tested):
+``d_loss_bce(0, 0) = 2 ln 2``, ``g_loss_nonsaturating(0) = ln 2``, ``d_loss_hinge(0, 0) = 2``; a linear critic
 ``f(x) = w.x`` has gradient ``w`` everywhere, so its penalty is ``(|w| - 1)^2``.
 """
 
@@ -70,3 +70,13 @@ def r1_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor) -> Tenso
         scores = discriminator(x).float()
     (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
     return grad.flatten(1).pow(2).sum(1).mean()
+
+
+def d_loss_hinge(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """Hinge discriminator loss E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))] (Lim & Ye 2017; SNGAN)."""
+    return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
+
+
+def g_loss_hinge(fake_scores: Tensor) -> Tensor:
+    """Hinge generator loss -E[D(G(z))] (Miyato et al. 2018)."""
+    return -fake_scores.mean()

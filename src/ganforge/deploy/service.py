@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ganforge.core.files import atomic_path
+from ganforge.deploy.onnxrt import OnnxGenerator, grid_png, resolve_model
 from ganforge.errors import ConfigError
-from ganforge.io import atomic_path
-from ganforge.onnxrt import OnnxGenerator, grid_png, resolve_model
 
 log = logging.getLogger(__name__)
 

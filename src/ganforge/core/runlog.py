@@ -1,0 +1,47 @@
+"""What a stage may report to an experiment tracker, and the no-tracking implementation.
+
+Stages take a ``RunLog`` and never import the tracker: ``ganforge.tracking.MlflowRun``
+implements it at the edge, ``Untracked`` when tracking is off or mlflow is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class RunLog(Protocol):
+    run_id: str | None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_history(self, rows: list[dict[str, float]]) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+
+    def log_model(self, onnx_path: str | Path) -> str | None:
+        """Log an ONNX generator as the run's model; its URI (None when untracked)."""
+        ...
+
+
+class Untracked:
+    """Tracking is off: every report is dropped."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_history(self, rows: list[dict[str, float]]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_model(self, onnx_path: str | Path) -> str | None:
+        return None

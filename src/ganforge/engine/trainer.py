@@ -1,0 +1,220 @@
+"""The training engine: models, optimisers, EMA and batches of one run, one step at a time.
+
+No file I/O and no tracking: ``ganforge.stages.train`` adds checkpoints, grids, history
+and progress around it, and the throughput benchmark drives ``Trainer.step`` directly, so
+what it measures is what ``ganforge train`` runs.
+
+    trainer = Trainer(params, images_uint8, labels, num_classes, device)
+    losses = trainer.step()            # detached 0-d tensors on the device (no host sync)
+    images = trainer.sample(z, labels) # (N, C, H, W) in [-1, 1], EMA generator
+    state = trainer.state_dict()       # everything a bit-exact resume needs
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
+
+from ganforge.config import Params
+from ganforge.core.device import to_unit_range
+from ganforge.errors import ConfigError
+from ganforge.models import ModelSpec, make_variant
+
+
+class WarmupEMA:
+    """EMA update for ``AveragedModel``: decay min(ema_decay, (1+t)/(10+t)) at step t.
+
+    The warm-up lets the average follow the fast early changes instead of staying near
+    the random init for ~1/(1-decay) steps. ``decay`` is set from the host-side step, so
+    the update needs no device-to-host sync.
+    """
+
+    def __init__(self, ema_decay: float) -> None:
+        self.ema_decay = ema_decay
+        self.decay = 0.0
+
+    def set_step(self, step: int) -> None:
+        self.decay = min(self.ema_decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def __call__(self, ema: list[Tensor], current: list[Tensor], _n_averaged: Tensor) -> None:
+        if torch.is_floating_point(ema[0]):
+            torch._foreach_lerp_(ema, current, 1.0 - self.decay)
+        else:  # integer buffers (BatchNorm's num_batches_tracked): follow the model
+            for e, c in zip(ema, current, strict=True):
+                e.copy_(c)
+
+
+class BatchSampler:
+    """Batches drawn from a uint8 tensor held on the training device (or in pinned host memory).
+
+    Each epoch is a fresh permutation from a dedicated generator; an incomplete final batch
+    is dropped. ``state_dict`` makes the order resumable mid-epoch.
+    """
+
+    def __init__(
+        self, images: Tensor, labels: Tensor, batch_size: int, seed: int, device: torch.device
+    ) -> None:
+        self.images, self.labels = images, labels  # uint8 (N, C, H, W), int64 (N,)
+        self.batch_size, self.device = batch_size, device
+        self.index_device = images.device
+        self.gen = torch.Generator(device=self.index_device).manual_seed(seed)
+        self.perm = torch.randperm(len(images), generator=self.gen, device=self.index_device)
+        self.cursor = 0
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        """-> (float (B, C, H, W) in [-1, 1] on device, int64 (B,) on device)."""
+        if self.cursor + self.batch_size > len(self.perm):
+            self.perm = torch.randperm(
+                len(self.images), generator=self.gen, device=self.index_device
+            )
+            self.cursor = 0
+        idx = self.perm[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        y = self.labels[idx].to(self.device, non_blocking=True)
+        return to_unit_range(self.images[idx], self.device), y
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "perm": self.perm.cpu(), "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.perm = state["perm"].to(self.index_device)
+        self.cursor = int(state["cursor"])
+
+
+class Trainer:
+    """The models, optimisers and EMA of one run, and ``step()``: one generator update
+    preceded by ``variant.d_steps`` discriminator updates."""
+
+    def __init__(
+        self,
+        params: Params,
+        images: np.ndarray,
+        labels: np.ndarray,
+        num_classes: int,
+        device: torch.device,
+    ) -> None:
+        tp = params.train
+        self.params, self.device = params, device
+        n, channels, size, _ = images.shape
+        if tp.batch_size > n:
+            raise ConfigError(
+                f"train.batch_size: {tp.batch_size} is larger than the training split ({n} images)"
+            )
+        torch.manual_seed(tp.seed)
+        self.spec = ModelSpec(
+            latent_dim=tp.latent_dim,
+            image_size=size,
+            channels=channels,
+            num_classes=num_classes,
+            g_width=tp.g_width,
+            d_width=tp.d_width,
+        )
+        self.variant = make_variant(tp.model, self.spec, tp.model_dump())
+        self.conditional = self.variant.conditional
+        fmt = torch.channels_last if tp.channels_last else torch.contiguous_format
+        self.G = self.variant.make_generator().to(device, memory_format=fmt)
+        self.D = self.variant.make_discriminator().to(device, memory_format=fmt)
+        self.memory_format = fmt
+
+        cuda = device.type == "cuda"
+        d_lr = tp.d_lr if tp.d_lr is not None else tp.lr
+        betas = (tp.beta1, tp.beta2)
+        self.opt_g = torch.optim.Adam(
+            self.G.parameters(), lr=tp.lr, betas=betas, fused=cuda or None
+        )
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=betas, fused=cuda or None)
+        self.ema_fn = WarmupEMA(tp.ema_decay)
+        self.ema = AveragedModel(self.G, multi_avg_fn=self.ema_fn, use_buffers=True)
+        self.ema.module.eval()
+        self.amp = torch.autocast(
+            device_type=device.type, dtype=torch.bfloat16, enabled=tp.bf16 and cuda
+        )
+        self.step_count = 0
+
+        data_device = device if tp.data_on_device else torch.device("cpu")
+        x = torch.from_numpy(images)
+        y = torch.from_numpy(labels)
+        if data_device.type == "cpu" and cuda:
+            x, y = x.pin_memory(), y.pin_memory()
+        self.sampler = BatchSampler(
+            x.to(data_device), y.to(data_device), tp.batch_size, tp.seed, device
+        )
+
+        if tp.compile:
+            self.G.compile()
+            self.D.compile()
+
+    def _noise(self, n: int) -> Tensor:
+        return torch.randn(n, self.spec.latent_dim, device=self.device)
+
+    def step(self) -> dict[str, Tensor]:
+        """One training step; returns detached 0-d loss tensors on the device (no host sync)."""
+        G, D = self.G, self.D
+        stats: dict[str, Tensor] = {}
+        for _ in range(self.variant.d_steps):
+            real, labels = self.sampler.next()
+            real = real.contiguous(memory_format=self.memory_format)
+            y = labels if self.conditional else None
+            with self.amp:
+                with torch.no_grad():
+                    fake = G(self._noise(real.shape[0]), y)
+                d_loss, stats = self.variant.d_loss(D, real, fake, y)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+
+        with self.amp:
+            fake = G(self._noise(real.shape[0]), y)
+            g_loss, g_stats = self.variant.g_loss(D, fake, y)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+
+        self.ema_fn.set_step(self.step_count)
+        self.ema.update_parameters(G)
+        self.step_count += 1
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), **stats, **g_stats}
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, labels: Tensor | None = None, ema: bool = True) -> Tensor:
+        """(N, C, H, W) in [-1, 1] from the EMA (default) or the raw generator in eval mode."""
+        model = self.ema.module if ema else self.G
+        was_training = model.training
+        model.eval()
+        out = model(z.to(self.device), labels.to(self.device) if labels is not None else None)
+        model.train(was_training)
+        return out.float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "family": self.variant.name,
+            "spec": self.spec.to_dict(),
+            "params": self.params.model_dump(),
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "ema": self.ema.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.ema.load_state_dict(state["ema"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.step_count = int(state["step"])

@@ -1,0 +1,157 @@
+"""The metric functions: pure functions of feature sets (N, F) and logits (N, K).
+
+FID, KID and IS are torchmetrics' (imported lazily: only evaluation needs the library):
+the features are computed once and passed through an identity module, so no Frechet,
+kernel or entropy maths is written here. Known answers are tested: FID of a set with
+itself is ~0 and grows with noise; a generator stuck on one class is flagged.
+
+Adding a metric: a pure function here, called from ``ganforge.stages.evaluate`` (which
+puts it in ``eval.json`` and its protocol), and a known-answer test in tests/test_scores.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+# torchmetrics warns that KID/IS keep their inputs in memory: here those are the (N, F)
+# features, already in memory, so the warning says nothing to our users.
+warnings.filterwarnings(
+    "ignore", message=r"Metric `(Kernel Inception Distance|InceptionScore)` will save"
+)
+
+
+class _Precomputed(nn.Module):
+    """Identity 'feature extractor': lets torchmetrics score features computed once."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def fid(real: Tensor, fake: Tensor) -> float:
+    """torchmetrics FID of two feature sets (N, F), (M, F)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), normalize=False)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+def fid_bootstrap(real: Tensor, fake: Tensor, replicates: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of FID under resampling the rows of both sets."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if replicates <= 0:
+        return (float("nan"), float("nan"))
+    g = torch.Generator().manual_seed(seed + 1)
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), normalize=False)
+    real64, fake64 = real.double().cpu(), fake.double().cpu()
+    values = []
+    for _ in range(replicates):
+        metric.reset()
+        metric.update(real64[torch.randint(len(real64), (len(real64),), generator=g)], real=True)
+        metric.update(fake64[torch.randint(len(fake64), (len(fake64),), generator=g)], real=False)
+        values.append(float(metric.compute()))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def kid(
+    real: Tensor, fake: Tensor, subsets: int, subset_size: int, seed: int
+) -> tuple[float, float]:
+    """torchmetrics KID (polynomial-kernel MMD, unbiased) -> (mean, std over subsets)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = min(subset_size, len(real), len(fake))
+    metric = KernelInceptionDistance(
+        feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size
+    )
+    metric.update(real.float(), real=True)
+    metric.update(fake.float(), real=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 2)  # KID draws its subsets from the global RNG
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, float]:
+    """torchmetrics IS from classifier logits (it applies the softmax) -> (mean, std)."""
+    from torchmetrics.image.inception import InceptionScore
+
+    metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits, normalize=False)
+    metric.update(logits.float())
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 3)  # IS shuffles before splitting
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def class_histogram(pred: Tensor | np.ndarray, num_classes: int) -> np.ndarray:
+    counts = np.bincount(np.asarray(pred), minlength=num_classes).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def mode_collapse(
+    real_hist: np.ndarray, fake_hist: np.ndarray, coverage_threshold: float, kl_threshold: float
+) -> dict[str, Any]:
+    """Class coverage, KL(real || generated) and the collapse flag with its rule."""
+    present = real_hist > 0
+    covered = fake_hist >= coverage_threshold * real_hist
+    coverage = float((covered & present).sum() / present.sum())
+    eps = 1e-6  # a missing class costs log(p / 1e-6) instead of infinity
+    q = (fake_hist + eps) / (fake_hist + eps).sum()
+    kl = float(
+        np.sum(np.where(present, real_hist * np.log(np.where(present, real_hist, 1.0) / q), 0.0))
+    )
+    collapsed = coverage < 1.0 or kl > kl_threshold
+    return {
+        "class_coverage": coverage,
+        "classes_missed": [int(i) for i in np.flatnonzero(present & ~covered)],
+        "kl_class": kl,
+        "mode_collapse": bool(collapsed),
+        "mode_collapse_rule": (
+            f"mode_collapse = class_coverage < 1 (some class generated at under {coverage_threshold:g}x "
+            f"its real share) or kl_class = KL(real || generated class histogram) > {kl_threshold:g}"
+        ),
+    }
+
+
+def _kth_radius(x: Tensor, k: int, chunk: int = 2048) -> Tensor:
+    """Distance from each row of x (N, F) to its k-th nearest other row -> (N,)."""
+    out = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i : i + chunk], x)  # (c, N), includes the zero self-distance
+        out.append(d.kthvalue(k + 1, dim=1).values)
+    return torch.cat(out)
+
+
+def _inside(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 2048) -> Tensor:
+    """For each point, whether it lies in any ball (centre, radius) -> bool (P,)."""
+    out = []
+    for i in range(0, len(points), chunk):
+        d = torch.cdist(points[i : i + chunk], centres)  # (c, C)
+        out.append((d <= radii[None]).any(dim=1))
+    return torch.cat(out)
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int) -> tuple[float, float]:
+    """Improved precision/recall (Kynkaanniemi et al. 2019) with k-NN manifolds.
+
+    precision: share of generated samples inside the real manifold (fidelity);
+    recall: share of real samples inside the generated manifold (diversity).
+    """
+    if len(real) <= k or len(fake) <= k:
+        return float("nan"), float("nan")
+    real, fake = real.float(), fake.float()
+    precision = _inside(fake, real, _kth_radius(real, k)).float().mean()
+    recall = _inside(real, fake, _kth_radius(fake, k)).float().mean()
+    return float(precision), float(recall)

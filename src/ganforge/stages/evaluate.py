@@ -1,0 +1,303 @@
+"""Stage ``evaluate``: FID, KID, IS, precision/recall and mode-collapse detection, with the
+protocol that produced them.
+
+    ganforge evaluate [--data data/prepared] [--generator models/main/generator.pt]
+                      [--featurenet models/featurenet/featurenet.pt]
+                      [--metrics metrics/eval.json] [--reports reports]
+
+Protocol (every number in ``eval.json`` comes with it under ``protocol``):
+
+1. Generate ``evaluate.num_samples`` images with the EMA generator (seeded; conditional
+   models' labels drawn from the real split's label distribution), batched on the device.
+2. Take as many real images from ``evaluate.real_split`` as the split has, up to the same
+   number. Both sets go through the feature network once: penultimate features (N, F)
+   and logits (N, K).
+3. FID and KID are torchmetrics' (the features are passed through an identity module,
+   so the Frechet and kernel maths are the library's); IS is torchmetrics' on the logits.
+4. ``fid_ci95``: percentile bootstrap over the feature rows of both sets.
+5. ``fid_floor``: FID between two disjoint halves of the real pool, each of ``m`` images;
+   ``fid_at_floor_samples`` is the model's FID at the same ``m``, so the two compare
+   like with like. A model cannot be told from real data when they overlap.
+6. Mode collapse: the generated class histogram (feature-network argmax) against the
+   real one: ``class_coverage`` and ``kl_class``, and the ``mode_collapse`` flag with
+   ``mode_collapse_rule`` written beside it.
+7. Precision/recall in feature space with k-NN manifolds (Kynkaanniemi et al. 2019),
+   overall and per class.
+
+The metric functions are ``ganforge.metrics.scores``; the feature spaces
+``ganforge.metrics.features``. Reports: ``samples.png``, ``interpolation.png`` (slerp between latent pairs) and, for
+conditional models, ``per_class.png`` (one row per class).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ganforge.config import EvaluateParams, Params
+from ganforge.core.dataset import dataset_name, load_split
+from ganforge.core.device import resolve_device, to_unit_range
+from ganforge.core.files import write_json
+from ganforge.core.grids import fixed_grid_inputs, save_grid, slerp
+from ganforge.errors import GanforgeError
+from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
+from ganforge.metrics.scores import (
+    class_histogram,
+    fid,
+    fid_bootstrap,
+    inception_score,
+    kid,
+    mode_collapse,
+    precision_recall,
+)
+from ganforge.models import load_generator
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(GanforgeError):
+    """Inputs that cannot give a trustworthy score (mismatched data, too few images)."""
+
+
+@torch.no_grad()
+def generate(
+    G: nn.Module,
+    n: int,
+    latent_dim: int,
+    labels: Tensor | None,
+    batch: int,
+    device: torch.device,
+    seed: int,
+) -> Tensor:
+    """n images (n, C, H, W) in [-1, 1] on ``device``, from seeded noise."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for i in range(0, n, batch):
+        m = min(batch, n - i)
+        z = torch.randn(m, latent_dim, device=device, generator=g)
+        y = labels[i : i + m].to(device) if labels is not None else None
+        out.append(G(z, y).float())
+    return torch.cat(out)
+
+
+def _round(x: float | None, nd: int = 5) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+def _load_inputs(ep: EvaluateParams, data_dir, generator_path, featurenet_path, device):
+    """(real split, generator, its metadata, feature extractor), all checked against the data."""
+    real_split = load_split(data_dir, ep.real_split)
+    data_sha = real_split.manifest["content_sha256"]
+    G, gmeta = load_generator(generator_path, device)
+    if gmeta["data"]["content_sha256"] != data_sha:
+        raise EvaluationError(
+            f"{generator_path}: trained on other data than {data_dir} (content_sha256 differs); "
+            "evaluate against the data it was trained on"
+        )
+    extractor: FeatureExtractor
+    if ep.features == "featurenet":
+        extractor = DomainFeatures(featurenet_path, device, ep.batch_size)
+        if extractor.meta["data_sha256"] != data_sha:
+            raise EvaluationError(
+                f"{featurenet_path}: trained on other data than {data_dir}; rerun `ganforge featurenet`"
+            )
+    else:
+        extractor = InceptionFeatures(ep.inception_weights, device, ep.batch_size)
+    return real_split, G, gmeta, extractor
+
+
+def _scores(
+    ep: EvaluateParams, real_pool: Tensor, n_real: int, fake_f: Tensor, fake_logits, m: int
+):
+    """Steps 3-5: FID of the first n_real real features with its interval, the floor on two
+    disjoint halves of m, the model's FID at m, KID and IS."""
+    real_f, half_a, half_b = real_pool[:n_real], real_pool[:m], real_pool[m : 2 * m]
+    fid_value = fid(real_f, fake_f)
+    lo, hi = fid_bootstrap(real_f, fake_f, ep.bootstrap, ep.seed)
+    kid_mean, kid_std = kid(real_f, fake_f, ep.kid_subsets, ep.kid_subset_size, ep.seed)
+    is_mean, is_std = inception_score(fake_logits, ep.is_splits, ep.seed)
+    return {
+        "fid": _round(fid_value, 4),
+        "fid_ci95": [_round(lo, 4), _round(hi, 4)],
+        "fid_floor": _round(fid(half_a, half_b) if m >= 2 else float("nan"), 4),
+        "fid_at_floor_samples": _round(fid(half_a, fake_f[:m]) if m >= 2 else float("nan"), 4),
+        "kid_mean": _round(kid_mean, 6),
+        "kid_std": _round(kid_std, 6),
+        "is_mean": _round(is_mean, 4),
+        "is_std": _round(is_std, 4),
+    }
+
+
+def _class_mix(ep, manifest, real_labels, fake_pred, requested) -> dict[str, Any]:
+    """Step 6: the generated class mix against the real one, and the collapse verdict."""
+    k = manifest["num_classes"]
+    real_hist, fake_hist = class_histogram(real_labels, k), class_histogram(fake_pred, k)
+    result = mode_collapse(real_hist, fake_hist, ep.coverage_threshold, ep.kl_threshold)
+    names = manifest["class_names"]
+    result["class_histogram"] = {names[i]: round(float(fake_hist[i]), 5) for i in range(k)}
+    if requested is not None:
+        result["label_accuracy"] = round(float((fake_pred == requested).float().mean()), 5)
+    return result
+
+
+def _precision_recall(ep, manifest, real_f, fake_f, real_labels, fake_pred, n_pr: int):
+    """Step 7: k-NN precision/recall overall and, with class predictions, per class."""
+    precision, recall = precision_recall(real_f[:n_pr], fake_f[:n_pr], ep.pr_k)
+    per_class = {}
+    if fake_pred is not None:
+        for c, name in enumerate(manifest["class_names"]):
+            r_c = real_f[:n_pr][real_labels[:n_pr] == c]
+            f_c = fake_f[:n_pr][fake_pred[:n_pr] == c]
+            p_c, rc_c = precision_recall(r_c, f_c, ep.pr_k)
+            per_class[name] = {
+                "precision": _round(p_c),
+                "recall": _round(rc_c),
+                "generated": len(f_c),
+            }
+    return {"precision": _round(precision), "recall": _round(recall), "per_class": per_class}
+
+
+def _warnings(ep: EvaluateParams, n: int) -> list[str]:
+    notes = []
+    if n < ep.stable_samples:
+        notes.append(
+            f"FID from {n} images per side is biased upward and unstable "
+            f"(evaluate.stable_samples = {ep.stable_samples}); compare models by KID, which is unbiased, "
+            "and read FID against fid_floor"
+        )
+    for note in notes:
+        log.warning(note)
+    return notes
+
+
+@torch.no_grad()
+def write_reports(
+    G: nn.Module, gmeta: dict, num_classes: int, ep: EvaluateParams, out: Path, device
+):
+    """samples.png, interpolation.png (slerp between latent pairs), per_class.png (conditional)."""
+    latent, conditional = gmeta["generator_kwargs"]["latent_dim"], gmeta["conditional"]
+
+    def run(z: Tensor, y: Tensor | None) -> Tensor:
+        return G(z.to(device), y.to(device) if y is not None else None)
+
+    z, y, nrow = fixed_grid_inputs(64, latent, num_classes, conditional, ep.seed)
+    save_grid(run(z, y), out / "samples.png", nrow)
+    pairs, steps = 6, ep.interpolation_steps
+    gz = torch.Generator().manual_seed(ep.seed + 11)
+    a, b = torch.randn(pairs, latent, generator=gz), torch.randn(pairs, latent, generator=gz)
+    path = slerp(a, b, torch.linspace(0, 1, steps)).reshape(-1, latent)
+    y_int = (torch.arange(pairs) % num_classes).repeat_interleave(steps) if conditional else None
+    save_grid(run(path, y_int), out / "interpolation.png", steps)
+    if conditional:
+        per_row = 10
+        yc = torch.arange(num_classes).repeat_interleave(per_row)
+        save_grid(
+            run(torch.randn(len(yc), latent, generator=gz), yc), out / "per_class.png", per_row
+        )
+
+
+def evaluate(
+    params: Params,
+    data_dir: str | Path,
+    generator_path: str | Path,
+    featurenet_path: str | Path,
+    metrics_path: str | Path,
+    reports_dir: str | Path,
+) -> dict[str, Any]:
+    """Score the generator; write ``metrics_path`` (JSON) and the report images. Returns the metrics."""
+    ep: EvaluateParams = params.evaluate
+    device = resolve_device(ep.device, "evaluate.device")
+    timings: dict[str, float] = {}
+    t_all = t0 = time.perf_counter()
+    real_split, G, gmeta, extractor = _load_inputs(
+        ep, data_dir, generator_path, featurenet_path, device
+    )
+    manifest: dict[str, Any] = real_split.manifest
+    timings["load_s"] = time.perf_counter() - t0
+
+    # separate streams: the real-pool order (and so the floor) must not depend on the generator
+    rng_pool, rng_labels = np.random.default_rng(ep.seed), np.random.default_rng(ep.seed + 5)
+    n_fake, n_real = ep.num_samples, min(ep.num_samples, len(real_split.images))
+    requested = None
+    if gmeta["conditional"]:  # labels at the real split's class frequencies
+        requested = torch.as_tensor(rng_labels.choice(real_split.labels, size=n_fake, replace=True))
+
+    # 1-2: generate, then features for both sets, once
+    t0 = time.perf_counter()
+    latent = gmeta["generator_kwargs"]["latent_dim"]
+    fake_images = generate(G, n_fake, latent, requested, ep.batch_size, device, ep.seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    timings["generate_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # real pool in a seeded order: the first n_real are compared with the generated set,
+    # the first 2m (two disjoint halves of m) give the floor; only those are featurised
+    m = min(n_real, len(real_split.images) // 2)
+    used = rng_pool.permutation(len(real_split.images))[: max(n_real, 2 * m)]
+    real_f_used, _ = extractor(
+        to_unit_range(real_split.images[used], device)
+    )  # (max(n_real, 2m), F)
+    fake_f, fake_logits = extractor(fake_images)
+    real_f_used, fake_f, fake_logits = real_f_used.cpu(), fake_f.cpu(), fake_logits.cpu()
+    timings["features_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    real_f = real_f_used[:n_real]
+    real_labels = torch.from_numpy(real_split.labels[used[:n_real]])
+    metrics = _scores(ep, real_f_used, n_real, fake_f, fake_logits, m)
+    timings["fid_kid_is_s"] = time.perf_counter() - t0
+
+    # 6-7: class mix and collapse (a domain classifier's classes only), precision/recall
+    t0 = time.perf_counter()
+    fake_pred = fake_logits.argmax(1) if extractor.name == "featurenet" else None
+    if fake_pred is not None:
+        metrics.update(_class_mix(ep, manifest, real_labels, fake_pred, requested))
+    else:
+        metrics["mode_collapse"] = None
+        metrics["mode_collapse_rule"] = (
+            "class histograms need evaluate.features=featurenet (a domain classifier)"
+        )
+    n_pr = min(ep.pr_samples, n_real, n_fake)
+    metrics.update(_precision_recall(ep, manifest, real_f, fake_f, real_labels, fake_pred, n_pr))
+    timings["collapse_pr_s"] = time.perf_counter() - t0
+    metrics["warnings"] = _warnings(ep, min(n_real, n_fake))
+
+    t0 = time.perf_counter()
+    write_reports(G, gmeta, manifest["num_classes"], ep, Path(reports_dir), device)
+    timings["reports_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_all
+    metrics["protocol"] = {
+        **extractor.record,
+        "num_generated": n_fake,
+        "num_real": n_real,
+        "real_split": ep.real_split,
+        "floor_samples": m,
+        "bootstrap_replicates": ep.bootstrap,
+        "kid_subsets": ep.kid_subsets,
+        "kid_subset_size": min(ep.kid_subset_size, n_real, n_fake),
+        "is_splits": ep.is_splits,
+        "pr_k": ep.pr_k,
+        "pr_samples": min(ep.pr_samples, n_real, n_fake),
+        "image_size": manifest["image_size"],
+        "channels": manifest["channels"],
+        "seed": ep.seed,
+        "generator": str(generator_path),
+        "generator_sha256": gmeta["sha256"],
+        "generator_family": gmeta["family"],
+        "generator_conditional": gmeta["conditional"],
+        "generator_step": gmeta["step"],
+        "generator_weights": "ema",
+        "dataset": dataset_name(manifest),
+        "data_sha256": manifest["content_sha256"],
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    metrics["timing_s"] = {k: round(v, 3) for k, v in timings.items()}
+    write_json(metrics_path, metrics)
+    return metrics

@@ -1,0 +1,295 @@
+"""Stage ``train``: one adversarial training loop for every GAN variant, CPU or CUDA.
+
+    ganforge train [--params params.yaml] [--set train.model=wgan-gp] [--data data/prepared]
+                   [--out models] [--resume]
+
+Writes ``<out>/<train.run_name>/``::
+
+    generator.pt         self-describing generator (EMA + raw weights, constructor kwargs, params)
+    checkpoints/         full training state every train.checkpoint_every steps (newest 2 kept)
+    samples/step_*.png   fixed-noise grids from the EMA generator every train.sample_every steps
+    samples.png          the final grid (one column per class for conditional models)
+    history.csv          per-step losses and images/s, for plots
+    fid_history.csv      FID of EMA samples at every grid (with a feature network)
+    curves.png           losses and FID per step
+    summary.json         steps, time, throughput, final losses, device
+
+The step itself is ``ganforge.engine.trainer.Trainer``; this module is the I/O around it:
+resume, the loss log (one host sync every ``train.log_every`` steps), grids, the FID
+probe, checkpoints and the final files.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ganforge.config import Params
+from ganforge.core.checkpoint import list_checkpoints, load_latest, save_state
+from ganforge.core.dataset import PreparedSplit, load_split
+from ganforge.core.device import resolve_device
+from ganforge.core.files import atomic_path, write_json
+from ganforge.core.grids import fixed_grid_inputs, plot_curves, save_grid
+from ganforge.core.runlog import RunLog, Untracked
+from ganforge.engine.trainer import Trainer
+from ganforge.errors import CheckpointError, ConfigError, DivergenceError
+from ganforge.models import save_generator
+
+log = logging.getLogger(__name__)
+
+# Keys that fix the architecture: a checkpoint can only be resumed with the same values.
+ARCH_KEYS = ("model", "latent_dim", "g_width", "d_width")
+# What generator.pt says about the data it was trained on (from the manifest).
+DATA_KEYS = ("source", "image_size", "channels", "num_classes", "class_names", "content_sha256")
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _check_resumable(ckpt_params: dict[str, Any], params: Params, path: Path) -> None:
+    old, new = ckpt_params["train"], params.train.model_dump()
+    for key in ARCH_KEYS:
+        if old[key] != new[key]:
+            raise CheckpointError(
+                f"{path}: trained with train.{key}={old[key]!r}, params say {new[key]!r}; "
+                "resume needs the same architecture (or drop --resume)"
+            )
+    if ckpt_params["prepare"]["image_size"] != params.prepare.image_size:
+        raise CheckpointError(
+            f"{path}: trained at {ckpt_params['prepare']['image_size']} px, prepare.image_size is "
+            f"{params.prepare.image_size}; resume needs the same data"
+        )
+    changed = [k for k in new if k not in ARCH_KEYS + ("steps",) and old.get(k) != new[k]]
+    if changed:
+        log.warning(
+            "resuming %s with changed params: %s", path, ", ".join(f"train.{k}" for k in changed)
+        )
+
+
+class _LossLog:
+    """Per-step losses kept on the device and moved to the host in one sync per flush."""
+
+    def __init__(self, trainer: Trainer, history: list[dict[str, float]], run_dir: Path) -> None:
+        self.trainer, self.history, self.run_dir = trainer, history, run_dir
+        self.pending: list[dict[str, Tensor]] = []
+        # real images the discriminator sees per step
+        self.images_per_step = trainer.params.train.batch_size * trainer.variant.d_steps
+        self.window_start, self.window_step0 = time.perf_counter(), trainer.step_count
+        self.rate = 0.0
+
+    def flush(self) -> list[dict[str, float]]:
+        """Move pending losses to the host, check they are finite, extend and return history."""
+        if not self.pending:
+            return []
+        keys = list(self.pending[0])
+        values = torch.stack([torch.stack([p[k].float() for k in keys]) for p in self.pending])
+        values = values.cpu().numpy()  # (pending steps, losses): the one host sync
+        step_now, now = self.trainer.step_count, time.perf_counter()
+        seconds = max(now - self.window_start, 1e-9)
+        self.rate = (step_now - self.window_step0) * self.images_per_step / seconds
+        self.window_start, self.window_step0 = now, step_now
+        first = step_now - len(self.pending) + 1
+        self.pending.clear()
+        rows = []
+        for i, row in enumerate(values):
+            bad = [k for k, v in zip(keys, row, strict=True) if not math.isfinite(v)]
+            if bad:
+                self._diverged(first + i, bad[0], row[keys.index(bad[0])])
+            rows.append({"step": first + i, **dict(zip(keys, map(float, row), strict=True))})
+            rows[-1]["img_per_s"] = self.rate
+        self.history.extend(rows)
+        return rows
+
+    def _diverged(self, step: int, key: str, value: float) -> None:
+        _write_csv(self.run_dir / "history.csv", self.history)
+        kept = list_checkpoints(self.run_dir / "checkpoints")
+        where = f"last good checkpoint: {kept[0]}" if kept else "no checkpoint was written yet"
+        raise DivergenceError(
+            f"step {step}: {key} is {value} (non-finite); training stopped, {where}; "
+            "lower train.lr (or the penalty weights) or check the data"
+        )
+
+
+def _resume(trainer: Trainer, run_dir: Path, params: Params, split: PreparedSplit, device):
+    """Load the newest intact checkpoint into ``trainer``; returns (loss history, FID history)."""
+    state, path = load_latest(run_dir / "checkpoints", map_location=device)
+    _check_resumable(state["params"], params, path)
+    if state.get("data_sha256") != split.manifest["content_sha256"]:
+        raise CheckpointError(
+            f"{path}: trained on other data than this dataset (content_sha256 differs)"
+        )
+    trainer.load_state_dict(state)
+    history = [dict(zip(state["history_cols"], r, strict=True)) for r in state["history"].tolist()]
+    fid_rows = [
+        r for r in _read_csv(run_dir / "fid_history.csv") if r["step"] <= trainer.step_count
+    ]
+    log.info("resumed from %s at step %d", path, trainer.step_count)
+    return history, fid_rows
+
+
+def _fid_probe(featurenet: str | Path | None, split: PreparedSplit, trainer: Trainer, device):
+    """The in-training FID probe, or None (no feature network, fid_samples 0, no torchmetrics)."""
+    tp = trainer.params.train
+    if featurenet is None or not tp.fid_samples:
+        return None
+    try:
+        from ganforge.metrics.features import FidProbe
+    except ImportError as exc:  # the core runs without the eval extra
+        log.warning("no FID during training: %s (install ganforge[eval])", exc)
+        return None
+    # building the feature network draws from the global RNG: keep training's stream intact
+    # (else the probe would change the run, and a resumed run would differ from a straight one)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return FidProbe.create(
+            Path(featurenet), split.images, split.labels, split.manifest["content_sha256"],
+            n=tp.fid_samples, latent_dim=tp.latent_dim, conditional=trainer.conditional,
+            seed=tp.seed, device=device,
+        )  # fmt: skip
+
+
+def _save_checkpoint(trainer: Trainer, history: list[dict[str, float]], run_dir: Path, data_sha256):
+    cols = list(history[0]) if history else []
+    rows = torch.tensor([[r[c] for c in cols] for r in history], dtype=torch.float64)
+    extra = {"data_sha256": data_sha256, "history_cols": cols, "history": rows}
+    save_state({**trainer.state_dict(), **extra}, run_dir / "checkpoints")
+    _write_csv(run_dir / "history.csv", history)
+
+
+def train(
+    params: Params,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    tracker: RunLog | None = None,
+    featurenet: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train ``params.train.model`` on the prepared ``data_dir``; returns the summary dict.
+
+    ``tracker`` receives per-step losses, grids and FID (MLflow when the CLI opens a run);
+    with a ``featurenet`` file, the FID of ``train.fid_samples`` EMA samples is measured at
+    every sample grid (``fid_history.csv``): quality over training, next to the losses.
+    """
+    from tqdm import tqdm
+
+    tracker = tracker or Untracked()
+    tp = params.train
+    device = resolve_device(tp.device)
+    split = load_split(data_dir, "train")
+    manifest = split.manifest
+    if manifest["image_size"] != params.prepare.image_size:
+        raise ConfigError(
+            f"prepare.image_size: params say {params.prepare.image_size} px but {data_dir} holds "
+            f"{manifest['image_size']} px images; rerun `ganforge prepare`"
+        )
+    run_dir = Path(out_dir) / tp.run_name
+    trainer = Trainer(params, split.images, split.labels, manifest["num_classes"], device)
+    history: list[dict[str, float]] = []
+    fid_rows: list[dict[str, float]] = []
+    if resume:
+        history, fid_rows = _resume(trainer, run_dir, params, split, device)
+    else:  # a fresh run: no stale state to resume, no stale grids to mistake for this run's
+        for stale in (run_dir / "checkpoints", run_dir / "samples"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    z_fixed, y_fixed, nrow = fixed_grid_inputs(
+        tp.grid_size, tp.latent_dim, manifest["num_classes"], trainer.conditional, tp.seed
+    )
+    samples_dir = run_dir / "samples"
+    if trainer.step_count == 0:
+        save_grid(trainer.sample(z_fixed, y_fixed), samples_dir / "step_00000000.png", nrow)
+    probe = _fid_probe(featurenet, split, trainer, device)
+    losses = _LossLog(trainer, history, run_dir)
+    t_start, step0 = time.perf_counter(), trainer.step_count
+
+    bar = tqdm(total=tp.steps, initial=trainer.step_count, disable=not progress,
+               mininterval=1.0, unit="step", dynamic_ncols=True)  # fmt: skip
+    bar.set_description(f"{tp.model} {device.type}")
+    while trainer.step_count < tp.steps:
+        losses.pending.append(trainer.step())
+        step = trainer.step_count
+        bar.update(1)
+        if step % tp.log_every == 0 or step == tp.steps:
+            tracker.log_history(losses.flush())
+            last = history[-1]
+            bar.set_postfix(d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}",
+                            img_s=f"{losses.rate:,.0f}")  # fmt: skip
+        if step % tp.sample_every == 0 or step == tp.steps:
+            grid_path = samples_dir / f"step_{step:08d}.png"
+            save_grid(trainer.sample(z_fixed, y_fixed), grid_path, nrow)
+            tracker.log_artifact(grid_path, "samples")
+            if probe is not None:
+                fid_rows.append({"step": step, "fid": probe(trainer.sample)})
+                _write_csv(run_dir / "fid_history.csv", fid_rows)
+                tracker.log_metrics({"fid_ema": fid_rows[-1]["fid"]}, step)
+        if step % tp.checkpoint_every == 0 or step == tp.steps:
+            tracker.log_history(losses.flush())
+            _save_checkpoint(trainer, history, run_dir, manifest["content_sha256"])
+    bar.close()
+    tracker.log_history(losses.flush())
+    elapsed = time.perf_counter() - t_start
+
+    trained = trainer.step_count - step0
+    summary = {
+        "model": tp.model,
+        "run_dir": str(run_dir),
+        "device": str(device),
+        "steps": trainer.step_count,
+        "steps_this_run": trained,
+        "seconds": round(elapsed, 3),
+        "img_per_s": round(trained * losses.images_per_step / elapsed, 1) if trained else 0.0,
+        "final_d_loss": history[-1]["d_loss"] if history else None,
+        "final_g_loss": history[-1]["g_loss"] if history else None,
+        "torch": torch.__version__,
+    }
+    _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker)
+    return summary
+
+
+def _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker) -> None:
+    """The final grid, generator.pt, summary.json and curves.png, each logged to the tracker."""
+    tp = params.train
+    z, y, nrow = fixed_grid_inputs(
+        tp.grid_size, tp.latent_dim, manifest["num_classes"], trainer.conditional, tp.seed
+    )
+    save_grid(trainer.sample(z, y), run_dir / "samples.png", nrow)
+    save_generator(
+        run_dir / "generator.pt",
+        family=trainer.variant.name,
+        conditional=trainer.conditional,
+        generator_kwargs=trainer.variant.generator_kwargs(),
+        ema_state=trainer.ema.module.state_dict(),
+        raw_state=trainer.G.state_dict(),
+        params=params.model_dump(),
+        data={k: manifest[k] for k in DATA_KEYS},
+        step=trainer.step_count,
+    )
+    write_json(run_dir / "summary.json", summary)
+    plot_curves(history, fid_rows, run_dir / "curves.png")
+    tracker.log_metrics({"img_per_s": summary["img_per_s"], "train_seconds": summary["seconds"]})
+    for name in ("samples.png", "curves.png", "history.csv", "fid_history.csv", "summary.json"):
+        if (run_dir / name).is_file():
+            tracker.log_artifact(run_dir / name)
