@@ -5,7 +5,7 @@
 Set-up (not timed): the real MNIST test set prepared at ``--size`` px with a 0.1% held-out
 split (so ~9,990 real images remain in the train split), the feature network trained on
 it, and a DCGAN trained for a few hundred steps (its quality does not matter for speed).
-Timed: ``ganforge.evaluate.evaluate`` with the default protocol (FID + 200 bootstrap
+Timed: ``ganforge.stages.evaluate.evaluate`` with the default protocol (FID + 200 bootstrap
 replicates, floor, KID, IS, class histogram, 5,000-per-side precision/recall, reports),
 run twice; the second run is the warm figure. Prints the stage's own timing breakdown.
 """

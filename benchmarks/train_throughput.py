@@ -10,7 +10,7 @@ set, resized to ``--size`` px):
 1. reference: written the way the standard PyTorch DCGAN example trains: a torch
    DataLoader over PIL images with torchvision transforms (Resize, ToTensor, Normalize),
    Sigmoid + BCELoss, fp32, Adam(2e-4, 0.5), a ``.item()`` log every step;
-2. ganforge: ``ganforge.train.Trainer.step``, the code ``ganforge train`` runs, with the
+2. ganforge: ``ganforge.engine.trainer.Trainer.step``, the code ``ganforge train`` runs, with the
    fast-path params on CUDA (dataset resident on the GPU as uint8, bf16 autocast,
    channels_last, fused Adam, losses read every ``train.log_every`` steps) and the same
    objective (non-saturating BCE, R1 off).

@@ -64,3 +64,34 @@ def test_same_data_and_seed_give_the_same_file(tmp_path, digits_dir):
     a = train_featurenet(params, digits_dir, tmp_path / "a")
     b = train_featurenet(params, digits_dir, tmp_path / "b")
     assert a["sha256"] == b["sha256"]
+
+
+def test_auto_gate_refuses_data_without_a_measured_threshold(tmp_path):
+    """An image folder has no automatic accuracy gate: the stage says so instead of using 0."""
+    from PIL import Image
+
+    from ganforge.config import parse_params
+    from ganforge.errors import ConfigError
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (16, 16), 40 * i + (0 if cls == "a" else 20)).save(
+                tmp_path / "imgs" / cls / f"{i}.png"
+            )
+    raw = {
+        "prepare": {
+            "source": "imagefolder",
+            "path": str(tmp_path / "imgs"),
+            "holdout_fraction": 0.25,
+        }
+    }
+    prepare(parse_params(raw).prepare, tmp_path / "prep")
+    params = parse_params({**raw, "featurenet": {"epochs": 1}})
+    with pytest.raises(
+        ConfigError, match=r"featurenet.min_accuracy: auto has no threshold for imagefolder data"
+    ):
+        train_featurenet(params, tmp_path / "prep", tmp_path / "fn")
+    assert not (tmp_path / "fn").exists()
+    explicit = parse_params({**raw, "featurenet": {"epochs": 1, "min_accuracy": 0.0}})
+    assert train_featurenet(explicit, tmp_path / "prep", tmp_path / "fn")["min_accuracy"] == 0.0

@@ -185,12 +185,6 @@ class MlflowRun:
         self._call("end run", self.client.set_terminated, self.run_id, status)
 
 
-def run_id_of(run_dir: str | Path) -> str | None:
-    """The MLflow run of a training run directory (None: it was trained untracked)."""
-    path = Path(run_dir) / RUN_FILE
-    return json.loads(path.read_text())["run_id"] if path.is_file() else None
-
-
 @contextlib.contextmanager
 def training_run(params, manifest: dict[str, Any], run_dir: str | Path) -> Iterator[RunLog]:
     """Open the run of one training, yield it, and close it with the outcome's status."""
@@ -237,15 +231,15 @@ def training_run(params, manifest: dict[str, Any], run_dir: str | Path) -> Itera
 
 def reopen_run(params, run_dir: str | Path) -> RunLog:
     """The training run's ``RunLog`` for a later stage (``Untracked`` if it was untracked)."""
-    run_id = run_id_of(run_dir)
-    if run_id is None or not enabled(params.mlflow.enabled):
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file() or not enabled(params.mlflow.enabled):
         return Untracked()
+    recorded = json.loads(path.read_text())
     uri = tracking_uri()
-    recorded = json.loads((Path(run_dir) / RUN_FILE).read_text())["tracking_uri"]
-    if uri != recorded:
-        log.warning("run %s was tracked at %s; now tracking at %s", run_id, recorded, uri)
+    if uri != recorded["tracking_uri"]:
+        log.warning("run %s was tracked at %s; now tracking at %s", recorded["run_id"], recorded["tracking_uri"], uri)
     check_reachable(uri)
-    return MlflowRun(run_id, uri)
+    return MlflowRun(recorded["run_id"], uri)
 
 
 def log_evaluation(run: RunLog, metrics: dict[str, Any], metrics_path, reports_dir) -> None:

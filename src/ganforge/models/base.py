@@ -111,22 +111,28 @@ class Variant:
         raise NotImplementedError
 
 
-def bce_d_loss(
-    variant: Variant, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The minimax discriminator step shared by mlp, dcgan and cdcgan, plus R1 if r1_gamma > 0."""
-    real_logits, fake_logits = D(real, labels), D(fake, labels)
-    loss = losses.d_loss_bce(real_logits, fake_logits)
-    stats = {
-        "d_real": real_logits.detach().sigmoid().mean(),
-        "d_fake": fake_logits.detach().sigmoid().mean(),
-    }
-    r1_gamma = variant.config["r1_gamma"]
-    if r1_gamma > 0:
-        r1 = losses.r1_penalty(lambda x: D(x, labels), real)
-        loss = loss + 0.5 * r1_gamma * r1
-        stats["r1"] = r1.detach()
-    return loss, stats
+class BCEVariant(Variant):
+    """The original GAN game (mlp, dcgan, cdcgan): minimax discriminator loss with the
+    non-saturating generator loss, plus the R1 penalty when ``train.r1_gamma`` > 0."""
+
+    settings = {"r1_gamma": R1_GAMMA}
+
+    def d_loss(self, D, real, fake, labels):
+        real_logits, fake_logits = D(real, labels), D(fake, labels)
+        loss = losses.d_loss_bce(real_logits, fake_logits)
+        stats = {
+            "d_real": real_logits.detach().sigmoid().mean(),
+            "d_fake": fake_logits.detach().sigmoid().mean(),
+        }
+        r1_gamma = self.config["r1_gamma"]
+        if r1_gamma > 0:
+            r1 = losses.r1_penalty(lambda x: D(x, labels), real)
+            loss = loss + 0.5 * r1_gamma * r1
+            stats["r1"] = r1.detach()
+        return loss, stats
+
+    def g_loss(self, D, fake, labels):
+        return losses.g_loss_nonsaturating(D(fake, labels)), {}
 
 
 def init_dcgan_weights(module: nn.Module) -> None:

@@ -18,8 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ganforge.models import losses
-from ganforge.models.base import R1_GAMMA, Variant, bce_d_loss, init_dcgan_weights
+from ganforge.models.base import BCEVariant, init_dcgan_weights
 
 
 def conv_plan(image_size: int) -> tuple[int, int]:
@@ -122,14 +121,7 @@ def _norm(kind: str, c: int) -> nn.Module:
     return nn.Identity()
 
 
-class DCGAN(Variant):
+class DCGAN(BCEVariant):
     name = "dcgan"
-    settings = {"r1_gamma": R1_GAMMA}
     generator_cls = DCGANGenerator
     discriminator_cls = DCGANDiscriminator
-
-    def d_loss(self, D, real, fake, labels):
-        return bce_d_loss(self, D, real, fake, labels)
-
-    def g_loss(self, D, fake, labels):
-        return losses.g_loss_nonsaturating(D(fake, labels)), {}

@@ -21,6 +21,7 @@ from torch import nn
 
 from ganforge.core.checkpoint import load_verified, save_verified
 from ganforge.errors import CheckpointError
+from ganforge.models.registry import variant_class
 
 GENERATOR_FORMAT = "ganforge.generator/1"
 
@@ -62,8 +63,6 @@ def load_generator(
     ``metadata`` has everything but the weights, plus ``sha256`` (the verified digest)
     and ``conditional``.
     """
-    from ganforge.models import variant_class
-
     meta = load_verified(path, GENERATOR_FORMAT)
     try:
         cls = variant_class(meta["family"])

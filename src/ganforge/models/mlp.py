@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ganforge.models import losses
-from ganforge.models.base import R1_GAMMA, Variant, bce_d_loss, init_dcgan_weights
+from ganforge.models.base import BCEVariant, init_dcgan_weights
 
 
 class MLPGenerator(nn.Module):
@@ -49,15 +48,8 @@ class MLPDiscriminator(nn.Module):
         return self.net(x).flatten()  # (N,)
 
 
-class MLPGAN(Variant):
+class MLPGAN(BCEVariant):
     name = "mlp"
     image_sizes = tuple(range(8, 65))  # flat pixels: any side in range
-    settings = {"r1_gamma": R1_GAMMA}
     generator_cls = MLPGenerator
     discriminator_cls = MLPDiscriminator
-
-    def d_loss(self, D, real, fake, labels):
-        return bce_d_loss(self, D, real, fake, None)
-
-    def g_loss(self, D, fake, labels):
-        return losses.g_loss_nonsaturating(D(fake)), {}

@@ -155,6 +155,8 @@ def _fid_probe(featurenet: str | Path | None, split: PreparedSplit, trainer: Tra
     if featurenet is None or not tp.fid_samples:
         return None
     try:
+        import torchmetrics  # noqa: F401 - the probe's FID is torchmetrics'
+
         from ganforge.metrics.features import FidProbe
     except ImportError as exc:  # the core runs without the eval extra
         log.warning("no FID during training: %s (install ganforge[eval])", exc)
