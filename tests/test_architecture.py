@@ -170,7 +170,7 @@ def test_dvc_deps_are_the_modules_each_stage_runs():
 
     Left out on purpose: ``config.py`` and ``errors.py`` (validation and messages; every
     value a stage reads is a declared param), ``cli.py`` (argument plumbing) and, except
-    for promote, ``tracking.py`` (what is logged to MLflow, not what the stage writes).
+    for promote, ``tracking/`` (what is logged to MLflow, not what the stage writes).
     """
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage, spec in stages.items():

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from ganforge.stages.promote import CHAMPION, Candidate, Decision, decide, history, promote
+from ganforge.stages.promote import (
+    CHAMPION,
+    Candidate,
+    Decision,
+    PromotionError,
+    decide,
+    history,
+    promote,
+)
 
 from .conftest import ROOT, tiny_params
 
@@ -45,7 +54,12 @@ def registry(tmp_path, monkeypatch, tiny_onnx):
     model = onnx.load(tiny_onnx)
 
     def make_run(
-        i: int, fid: float, half: float = 1.0, collapse: bool = False, parity: bool = True
+        i: int,
+        fid: float,
+        half: float = 1.0,
+        collapse: bool = False,
+        parity: bool = True,
+        data: str = "d1",
     ):
         run_dir = tmp_path / f"run{i}"
         run_dir.mkdir()
@@ -61,7 +75,7 @@ def registry(tmp_path, monkeypatch, tiny_onnx):
         metrics = {
             "fid": fid, "fid_ci95": [fid - half, fid + half], "fid_floor": 0.3, "kid_mean": 0.1, "is_mean": 3.0,
             "precision": 0.5, "recall": 0.5, "class_coverage": 1.0, "mode_collapse": collapse,
-            "protocol": {"generator_sha256": sha, "generator_family": "dcgan", "dataset": "digits"},
+            "protocol": {"generator_sha256": sha, "generator_family": "dcgan", "dataset": "digits", "data_sha256": data},
         }  # fmt: skip
         (run_dir / "eval.json").write_text(json.dumps(metrics))
         exported = {
@@ -184,3 +198,102 @@ def test_concurrent_promotions_leave_one_best_champion(registry, tmp_path):
     ):  # each move starts where the last ended
         assert after["from_version"] == before["to_version"]
     assert promoted[-1]["to_version"] == str(champ.version)
+
+
+def promote_in_subprocess(run_dir, fault=None):
+    code = (
+        "import sys; from pathlib import Path; from ganforge.stages.promote import promote; "
+        "from tests.conftest import tiny_params; d = Path(sys.argv[1]); "
+        "promote(tiny_params(), d / 'eval.json', d / 'export.json', d / 'promote.json')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if fault:
+        env["GANFORGE_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-c", code, str(run_dir)], env=env, capture_output=True, text=True
+    )
+
+
+def test_a_missing_interval_is_refused_before_anything_is_registered(registry):
+    from mlflow.tracking import MlflowClient
+
+    run_dir = registry(1, 50.0)
+    ev = json.loads((run_dir / "eval.json").read_text())
+    (run_dir / "eval.json").write_text(json.dumps({**ev, "fid_ci95": [None, None]}))
+    with pytest.raises(
+        PromotionError,
+        match=r"eval.json: fid_ci95 is None, not a usable float \(evaluate.bootstrap=0",
+    ):
+        do_promote(run_dir)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    assert MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
+
+
+def test_the_same_generator_is_registered_once(registry):
+    run_dir = registry(1, 50.0)
+    first = do_promote(run_dir)
+    again = do_promote(run_dir)
+    assert first["version"] == again["version"] == "1" and again["promote"]
+    assert again["reason"] == "already registered as v1: no champion yet"
+    assert len(history(tiny_params(), "ganforge-digits-dcgan")) == 1
+
+
+def test_other_data_is_never_compared_with_the_champion(registry):
+    assert do_promote(registry(1, 50.0))["promote"]
+    other = do_promote(registry(2, 10.0, data="d2"))
+    assert not other["promote"] and "trained on other data than champion v1" in other["reason"]
+
+
+@pytest.mark.slow
+def test_killed_at_every_step_promote_converges(registry):
+    """SIGKILL after registering, after deciding, after moving the alias: each rerun completes
+    the same decision; every version ends with a role and exactly one audit entry."""
+    from mlflow.tracking import MlflowClient
+
+    plan = [
+        (1, 50.0, "registered"),
+        (2, 49.5, "decided"),
+        (3, 40.0, "applied"),
+        (4, 30.0, "decided"),
+        (5, 80.0, "registered"),
+    ]
+    expected_champion = {1: "1", 2: "1", 3: "3", 4: "4", 5: "4"}
+    for i, fid, fault in plan:
+        run_dir = registry(i, fid)
+        killed = promote_in_subprocess(run_dir, fault)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert not (run_dir / "promote.json").exists()
+        done = promote_in_subprocess(run_dir)
+        assert done.returncode == 0, done.stderr[-2000:]
+        record = json.loads((run_dir / "promote.json").read_text())
+        assert record["version"] == str(i) and record["reason"].startswith(
+            f"already registered as v{i}"
+        )
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        name = "ganforge-digits-dcgan"
+        assert (
+            str(client.get_model_version_by_alias(name, CHAMPION).version) == expected_champion[i]
+        )
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == 5 and all(v.tags.get("role") for v in versions)
+    trail = history(tiny_params(), name)
+    assert [e["candidate"] for e in trail] == ["1", "2", "3", "4", "5"]
+    assert [e["promoted"] for e in trail] == [True, False, True, True, False]
+    roles = {str(v.version): v.tags["role"] for v in versions}
+    assert roles == {
+        "1": "former-champion",
+        "2": "challenger",
+        "3": "former-champion",
+        "4": CHAMPION,
+        "5": "challenger",
+    }
+
+
+def test_the_lock_does_not_depend_on_how_the_uri_is_spelled(tmp_path, monkeypatch):
+    from ganforge.tracking import lock_key
+
+    assert lock_key("http://localhost:5000") == lock_key("http://127.0.0.1:5000/")
+    assert lock_key("HTTP://LocalHost:5000".lower()) == lock_key("http://127.0.0.1:5000")
+    monkeypatch.chdir(tmp_path)
+    assert lock_key("sqlite:///mlflow.db") == lock_key(f"sqlite:///{tmp_path}/./mlflow.db")

@@ -172,7 +172,16 @@ def test_resume_refuses_another_architecture(tmp_path, digits_dir):
 
 
 def test_divergence_names_the_step_and_keeps_the_good_checkpoint(tmp_path, digits_dir, monkeypatch):
+    """The diverged run keeps its last good checkpoint for --resume, and the last good run
+    (generator, checkpoints, everything in models/main) stays exactly as it was."""
     from ganforge.models.dcgan import DCGAN
+
+    train(tiny_params(train={"steps": 10}), digits_dir, tmp_path, progress=False)
+    good = {
+        p.relative_to(tmp_path): p.read_bytes()
+        for p in (tmp_path / "main").rglob("*")
+        if p.is_file()
+    }
 
     real_g_loss = DCGAN.g_loss
     calls = {"n": 0}
@@ -193,9 +202,14 @@ def test_divergence_names_the_step_and_keeps_the_good_checkpoint(tmp_path, digit
             tmp_path,
             progress=False,
         )
-    ckpts = list_checkpoints(tmp_path / "main/checkpoints")
+    ckpts = list_checkpoints(tmp_path / ".main.partial/checkpoints")
     assert [p.name for p in ckpts] == ["step_00000010.pt"]
-    assert not (tmp_path / "main/generator.pt").exists()
+    after = {
+        p.relative_to(tmp_path): p.read_bytes()
+        for p in (tmp_path / "main").rglob("*")
+        if p.is_file()
+    }
+    assert after == good
 
 
 def test_batch_larger_than_dataset(tmp_path, digits_dir):

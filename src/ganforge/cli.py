@@ -69,10 +69,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from ganforge.tracking import training_run
 
     params = _params(args)
-    run_dir = Path(args.out) / params.train.run_name
     featurenet = args.featurenet if Path(args.featurenet).is_file() else None
     progress = not args.no_progress and sys.stderr.isatty()
-    with training_run(params, read_manifest(args.data), run_dir) as run:
+    with training_run(params, read_manifest(args.data)) as run:
         summary = train(params, args.data, args.out, resume=args.resume, progress=progress,
                         tracker=run, featurenet=featurenet)  # fmt: skip
     return {**summary, "mlflow_run_id": run.run_id}

@@ -41,6 +41,8 @@ class _Section(BaseModel):
 
 class PrepareParams(_Section):
     source: Literal["digits", "mnist-idx", "torchvision", "imagefolder"] = "digits"
+    # the dataset's name in experiments and registered models; "" = derived from the source
+    name: str = Field("", max_length=64, pattern=r"^([a-z0-9][a-z0-9._-]*)?$")
     path: str = ""
     torchvision_dataset: Literal["MNIST", "FashionMNIST", "CIFAR10"] = "MNIST"
     download: bool = False

@@ -33,14 +33,22 @@ class PreparedSplit:
 
 
 def dataset_name(manifest: dict[str, Any]) -> str:
-    """The dataset's short name (experiment and registered-model names use it)."""
+    """The dataset's short name (experiment and registered-model names use it): ``prepare.name``,
+    else derived from the source. The name is a label; the data's identity is its content
+    (``content_sha256``), which promotion compares before it compares scores."""
+    if manifest.get("name"):
+        return manifest["name"]
     source = manifest["source"]
     if source == "mnist-idx":
         return "mnist"
     if source == "torchvision":
         return manifest["params"]["torchvision_dataset"].lower()
     if source == "imagefolder":
-        return Path(manifest["path"]).name or "images"
+        folder = Path(manifest["path"]).name.lower()
+        return (
+            "".join(c if c.isalnum() or c in "._-" else "-" for c in folder).strip("-._")
+            or "images"
+        )
     return source
 
 

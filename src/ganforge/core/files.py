@@ -1,8 +1,13 @@
-"""Atomic file and directory writes, and content checksums.
+"""Atomic file and directory writes, output ownership, and content checksums.
 
 A stage writes every output to a temporary name beside its final place and renames
 it into place only when complete, so a crash or an error never leaves a half-written
 file where a later stage (or DVC) would take it for a finished one.
+
+A stage replaces only what it owns. Every directory a stage writes carries an owner
+file (``.ganforge-owner``, naming the stage); ``claim_dir`` refuses to write into or
+replace a directory that exists, is not empty and is not marked as that stage's, so a
+mistyped ``--out`` can never delete a user's folder.
 """
 
 from __future__ import annotations
@@ -17,8 +22,41 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ganforge.errors import GanforgeError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+OWNER_FILE = ".ganforge-owner"
+
+
+class OutputError(GanforgeError):
+    """An output path is occupied by something the stage did not create."""
+
+    exit_code = 2
+
+
+def claim_dir(path: str | Path, stage: str) -> Path:
+    """Check that ``path`` may be (re)written by ``stage``: absent, an empty directory, or a
+    directory marked as ``stage``'s. Raises ``OutputError`` naming it otherwise."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise OutputError(f"{path}: exists and is not a directory; choose another output path")
+    if not path.exists() or not any(path.iterdir()):
+        return path
+    marker = path / OWNER_FILE
+    owner = marker.read_text(errors="replace").strip() if marker.is_file() else None
+    if owner != stage:
+        what = f"belongs to `ganforge {owner}`" if owner else "was not written by ganforge"
+        raise OutputError(
+            f"{path}: exists, is not empty and {what}; `ganforge {stage}` only replaces its own "
+            "outputs: choose another output path or move it away yourself"
+        )
+    return path
+
+
+def mark_dir(path: str | Path, stage: str) -> None:
+    """Mark ``path`` (a directory ``stage`` created) as that stage's output."""
+    (Path(path) / OWNER_FILE).write_text(stage + "\n")
 
 
 @contextlib.contextmanager
@@ -37,22 +75,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def replace_dir(src: str | Path, dest: str | Path) -> None:
+    """Move directory ``src`` onto ``dest`` (which the caller has claimed), replacing it."""
+    src, dest = Path(src), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory; on success it replaces ``path`` as a whole."""
+def atomic_dir(path: str | Path, owner: str) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces ``path`` as a whole.
+
+    ``path`` must be claimable by ``owner`` (``claim_dir``), checked before any work and
+    again just before the swap; the new directory is marked as ``owner``'s.
+    """
     path = Path(path)
+    claim_dir(path, owner)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        mark_dir(tmp, owner)
         os.chmod(tmp, 0o777 & ~_UMASK)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        claim_dir(path, owner)
+        replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

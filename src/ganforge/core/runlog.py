@@ -9,9 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+# Written into a training run's directory: which tracked run it is (read by later stages).
+RUN_FILE = "mlflow_run.json"
+
 
 class RunLog(Protocol):
     run_id: str | None
+
+    def record(self) -> dict[str, Any] | None:
+        """What the run directory keeps to find this run again (None when untracked)."""
+        ...
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
 
@@ -30,6 +37,9 @@ class Untracked:
     """Tracking is off: every report is dropped."""
 
     run_id: str | None = None
+
+    def record(self) -> dict[str, Any] | None:
+        return None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ganforge.config import EvaluateParams, Params
 from ganforge.core.dataset import dataset_name, load_split
 from ganforge.core.device import resolve_device, to_unit_range
-from ganforge.core.files import write_json
+from ganforge.core.files import atomic_dir, claim_dir, write_json
 from ganforge.core.grids import fixed_grid_inputs, save_grid, slerp
 from ganforge.errors import GanforgeError
 from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
@@ -212,6 +212,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score the generator; write ``metrics_path`` (JSON) and the report images. Returns the metrics."""
     ep: EvaluateParams = params.evaluate
+    claim_dir(reports_dir, "evaluate")  # before any work: never replace a user's folder
     device = resolve_device(ep.device, "evaluate.device")
     timings: dict[str, float] = {}
     t_all = t0 = time.perf_counter()
@@ -269,7 +270,8 @@ def evaluate(
     metrics["warnings"] = _warnings(ep, min(n_real, n_fake))
 
     t0 = time.perf_counter()
-    write_reports(G, gmeta, manifest["num_classes"], ep, Path(reports_dir), device)
+    with atomic_dir(reports_dir, owner="evaluate") as tmp:
+        write_reports(G, gmeta, manifest["num_classes"], ep, tmp, device)
     timings["reports_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     metrics["protocol"] = {

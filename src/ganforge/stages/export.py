@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ganforge.config import Params
-from ganforge.core.files import atomic_path, sha256_bytes, write_json
+from ganforge.core.files import OutputError, atomic_path, sha256_bytes, write_json
 from ganforge.core.runlog import RunLog, Untracked
 from ganforge.errors import GanforgeError
 from ganforge.models import load_generator
@@ -146,6 +146,23 @@ def parity(
     return {"max_abs_diff": max(per_batch.values()), "per_batch": per_batch}
 
 
+def _replaceable(path: Path) -> None:
+    """Only a ganforge ONNX file may be overwritten: anything else at ``path`` is refused."""
+    import onnx
+
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        props = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # not a file, unreadable, not ONNX: all "not ours"
+        props = set()
+    if path.is_symlink() or "ganforge.generator_sha256" not in props:
+        raise OutputError(
+            f"{path}: exists and is not an ONNX generator written by `ganforge export`; "
+            "choose another --out or move it away yourself"
+        )
+
+
 def export(
     params: Params,
     generator_path: str | Path,
@@ -157,6 +174,7 @@ def export(
     import onnx
 
     run = run or Untracked()
+    _replaceable(Path(out_path))
     G, meta = load_generator(generator_path, "cpu")
     ep = params.export
     try:

@@ -23,7 +23,7 @@ import torch
 from ganforge.config import Params
 from ganforge.core.dataset import load_split
 from ganforge.core.device import resolve_device
-from ganforge.core.files import write_json
+from ganforge.core.files import claim_dir, mark_dir, write_json
 from ganforge.engine.featurenet import accuracy, fit_classifier
 from ganforge.errors import ConfigError, GanforgeError
 from ganforge.metrics.featurenet import FeatureNet, save_featurenet
@@ -54,6 +54,7 @@ def min_accuracy(setting: float | str, manifest: dict[str, Any]) -> float:
 def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Train, check and save the feature network; returns its metrics."""
     fp = params.featurenet
+    out_dir = claim_dir(out_dir, "featurenet")
     device = resolve_device(fp.device, "featurenet.device")
     train_split, hold = load_split(data_dir, "train"), load_split(data_dir, "holdout")
     manifest = train_split.manifest
@@ -80,7 +81,6 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
             f"featurenet: held-out accuracy {hold_acc:.4f} is below featurenet.min_accuracy {gate:.2f} "
             f"on {data_dir}; train longer (featurenet.epochs) or widen it (featurenet.width)"
         )
-    out_dir = Path(out_dir)
     record = {
         "image_size": manifest["image_size"],
         "class_names": manifest["class_names"],
@@ -88,6 +88,8 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
         "holdout_accuracy": hold_acc,
         "params": fp.model_dump(),
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mark_dir(out_dir, "featurenet")
     digest = save_featurenet(net, kwargs, record, out_dir / "featurenet.pt")
     metrics = {
         "holdout_accuracy": round(hold_acc, 5),

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ganforge.config import PrepareParams
-from ganforge.core.dataset import FORMAT, MANIFEST, SPLITS
-from ganforge.core.files import atomic_dir, sha256_bytes
+from ganforge.core.dataset import FORMAT, MANIFEST, SPLITS, dataset_name
+from ganforge.core.files import atomic_dir, claim_dir, sha256_bytes
 from ganforge.errors import DataError
 
 IMAGE_EXTENSIONS = {
@@ -285,7 +285,7 @@ def _npz_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
 
 def prepare(params: PrepareParams, out_dir: str | Path) -> dict[str, Any]:
     """Build the prepared dataset in ``out_dir`` and return its manifest."""
-    out_dir = Path(out_dir)
+    out_dir = claim_dir(out_dir, "prepare")  # before any work: never replace a user's folder
     ds = load_source(params)
     if len(ds.images) < 2:
         raise DataError(
@@ -314,6 +314,7 @@ def prepare(params: PrepareParams, out_dir: str | Path) -> dict[str, Any]:
         }
     manifest = {
         "format": FORMAT,
+        "name": params.name,
         "source": params.source,
         "path": params.path,
         "image_size": params.image_size,
@@ -324,7 +325,8 @@ def prepare(params: PrepareParams, out_dir: str | Path) -> dict[str, Any]:
         "content_sha256": sha256_bytes(*(splits[s]["sha256"].encode() for s in SPLITS)),
         "params": params.model_dump(),
     }
-    with atomic_dir(out_dir) as tmp:
+    manifest["name"] = dataset_name(manifest)  # recorded, so later stages need not derive it
+    with atomic_dir(out_dir, owner="prepare") as tmp:
         for name, blob in blobs.items():
             (tmp / f"{name}.npz").write_bytes(blob)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

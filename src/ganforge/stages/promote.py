@@ -26,8 +26,11 @@ serialised: never two champions, never the better model lost. All registry calls
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,7 @@ class Candidate:
     fid_ci95: tuple[float, float]
     mode_collapse: bool | None
     parity_passed: bool
+    data_sha256: str | None = None  # the prepared data it was trained and judged on
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,13 @@ def decide(new: Candidate, champion: Candidate | None) -> Decision:
         return Decision(True, "no champion yet")
     if new.version == champion.version:
         return Decision(False, "already the champion")
+    if new.data_sha256 != champion.data_sha256:
+        return Decision(
+            False,
+            f"trained on other data than champion v{champion.version} (data sha256 "
+            f"{str(new.data_sha256)[:12]} vs {str(champion.data_sha256)[:12]}): FIDs on different data "
+            "are not compared; give each dataset its own prepare.name",
+        )
     if new.fid_ci95[1] < champion.fid_ci95[0]:
         return Decision(
             True,
@@ -97,6 +108,7 @@ def _candidate_from_tags(version: str, tags: dict[str, str]) -> Candidate:
         fid_ci95=(float(tags["fid_ci95_low"]), float(tags["fid_ci95_high"])),
         mode_collapse={"true": True, "false": False}.get(tags.get("mode_collapse", "")),
         parity_passed=tags.get("parity_passed") == "true",
+        data_sha256=tags.get("data_sha256"),
     )
 
 
@@ -105,88 +117,141 @@ def _read_json(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise PromotionError(f"{path}: not found ({what}); run the earlier stages first")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PromotionError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PromotionError(f"{path}: not a JSON object ({what})")
+    return data
 
 
-def _version_tags(
-    metrics: dict[str, Any], exported: dict[str, Any], passed: bool
-) -> dict[str, Any]:
-    collapse = {True: "true", False: "false"}.get(metrics.get("mode_collapse"), "unknown")
-    return {
-        "fid": metrics["fid"],
-        "fid_ci95_low": metrics["fid_ci95"][0],
-        "fid_ci95_high": metrics["fid_ci95"][1],
-        "fid_floor": metrics["fid_floor"],
-        "kid_mean": metrics["kid_mean"],
-        "is_mean": metrics["is_mean"],
-        "precision": metrics["precision"],
-        "recall": metrics["recall"],
-        "class_coverage": metrics.get("class_coverage"),
-        "mode_collapse": collapse,
+def _need(data: dict[str, Any], path, key: str, kind: type, hint: str = ""):
+    """``data[key]`` (dotted) if it is a ``kind`` (a finite number for float), else one line
+    naming the file and the key."""
+    value: Any = data
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if kind is float:
+        ok = (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise PromotionError(f"{path}: {key} is {value!r}, not a usable {kind.__name__}{hint}")
+    return value
+
+
+def read_candidate(eval_path, export_path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The version tags and the run of the candidate, checked before the registry is touched."""
+    m, e = (
+        _read_json(eval_path, "evaluate's metrics"),
+        _read_json(export_path, "export's parity report"),
+    )
+    no_ci = " (evaluate.bootstrap=0 gives none; promotion compares intervals)"
+    fid = _need(m, eval_path, "fid", float)
+    ci = m.get("fid_ci95") if isinstance(m.get("fid_ci95"), list) else []
+    lo, hi = (
+        _need({"fid_ci95": v}, eval_path, "fid_ci95", float, no_ci) for v in (ci + [None, None])[:2]
+    )
+    gen = _need(m, eval_path, "protocol.generator_sha256", str)
+    if _need(e, export_path, "generator_sha256", str) != gen:
+        raise PromotionError(f"{export_path} and {eval_path} describe different generator files")
+    source = e.get("mlflow_model_uri")
+    if not isinstance(source, str) or not isinstance(e.get("mlflow_run_id"), str):
+        raise PromotionError(
+            f"{export_path}: no mlflow_model_uri (export ran without MLflow tracking; see mlflow.enabled)"
+        )
+    diff = _need(e, export_path, "parity_max_abs_diff", float)
+    passed = diff <= _need(e, export_path, "parity_tolerance", float)
+    collapse = m.get("mode_collapse")
+    tags = {
+        "fid": fid, "fid_ci95_low": lo, "fid_ci95_high": hi,
+        **{k: m.get(k) for k in ("fid_floor", "kid_mean", "is_mean", "precision", "recall", "class_coverage")},
+        "mode_collapse": {True: "true", False: "false"}.get(collapse, "unknown"),
         "parity_passed": "true" if passed else "false",
-        "parity_max_abs_diff": exported["parity_max_abs_diff"],
-        "run_id": exported["mlflow_run_id"],
-        "generator_sha256": exported["generator_sha256"],
-        "onnx_sha256": exported["onnx_sha256"],
+        "parity_max_abs_diff": diff,
+        "run_id": e["mlflow_run_id"],
+        "generator_sha256": gen,
+        "onnx_sha256": _need(e, export_path, "onnx_sha256", str),
+        "data_sha256": _need(m, eval_path, "protocol.data_sha256", str),
+    }  # fmt: skip
+    where = {
+        "source": source,
+        "dataset": _need(m, eval_path, "protocol.dataset", str),
+        "family": _need(m, eval_path, "protocol.generator_family", str),
     }
+    return tags, where
+
+
+def _fault_point(name: str) -> None:
+    """Tests kill the process here (``GANFORGE_FAULT=<name>``) to prove promote converges."""
+    if os.environ.get("GANFORGE_FAULT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _decide(registry, name: str, version: str, tags: dict[str, Any]) -> dict[str, Any]:
+    """Apply the rule against the current champion and record the decision on the version."""
+    current = registry.champion(name)
+    champion = _candidate_from_tags(*current) if current and current[0] != version else None
+    new = _candidate_from_tags(version, {k: str(v) for k, v in tags.items()})
+    decision = decide(new, champion)
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "from_version": champion.version if champion else None,
+        "to_version": version if decision.promote else (champion.version if champion else None),
+        "candidate": version,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "metrics": {"fid": new.fid, "fid_ci95": list(new.fid_ci95), "mode_collapse": new.mode_collapse},
+        "run_id": tags["run_id"],
+    }  # fmt: skip
+    registry.tag_version(name, version, {"decision": json.dumps(entry)})
+    return entry
 
 
 def promote(
     params, eval_path: str | Path, export_path: str | Path, out_path: str | Path
 ) -> dict[str, Any]:
-    """Register the exported generator and apply the rule; returns the decision record."""
+    """Register the exported generator (once) and apply the rule; returns the decision record.
+
+    Crash-safe and idempotent: every step is recorded in the registry before the next one
+    runs (the version with its ``generator_sha256`` tag, its ``decision`` tag, the alias and
+    roles, the audit entry), and a rerun finds the version by its generator's sha256 and
+    completes what is missing. A generator already in the registry is never registered again.
+    """
     from ganforge.tracking import Registry
 
-    metrics = _read_json(eval_path, "evaluate's metrics")
-    exported = _read_json(export_path, "export's parity report")
-    if exported.get("generator_sha256") != metrics["protocol"]["generator_sha256"]:
-        raise PromotionError(f"{export_path} and {eval_path} describe different generator files")
-    source, run_id = exported.get("mlflow_model_uri"), exported.get("mlflow_run_id")
-    if not source or not run_id:
-        raise PromotionError(
-            f"{export_path}: no mlflow_model_uri (export ran without MLflow tracking; see mlflow.enabled)"
-        )
-    passed = exported["parity_max_abs_diff"] <= exported["parity_tolerance"]
-    protocol = metrics["protocol"]
-    name = registered_model_name(params, protocol["dataset"], protocol["generator_family"])
+    tags, where = read_candidate(eval_path, export_path)
+    name = registered_model_name(params, where["dataset"], where["family"])
     registry = Registry()
     # Everything that writes the registry happens under the lock: concurrent promotions
     # neither contend on the store nor decide on a champion that is being replaced.
     with registry.lock():
-        version = registry.register(name, source, _version_tags(metrics, exported, passed))
-        new = Candidate(
-            version,
-            metrics["fid"],
-            tuple(metrics["fid_ci95"]),
-            metrics.get("mode_collapse"),
-            passed,
-        )
-        current = registry.champion(name)
-        champion = _candidate_from_tags(*current) if current else None
-        decision = decide(new, champion)
-        if decision.promote:
-            registry.set_champion(name, version, champion.version if champion else None)
+        version, known = registry.find_or_register(name, where["source"], tags)
+        _fault_point("registered")
+        entry = json.loads(known["decision"]) if "decision" in known else None
+        for _attempt in range(3):
+            if entry is None:
+                entry = _decide(registry, name, version, tags)
+            _fault_point("decided")
+            if registry.apply(name, entry):
+                break
+            entry = None  # the champion moved since this was decided (another machine): again
         else:
-            registry.tag_version(
-                name, version, {"role": "challenger", "challenger_reason": decision.reason[:4000]}
+            raise PromotionError(
+                f"{name}: the champion alias kept moving under this promotion; rerun it"
             )
-        registry.audit(name, {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "from_version": champion.version if champion else None,
-            "to_version": version if decision.promote else (champion.version if champion else None),
-            "candidate": version,
-            "promoted": decision.promote,
-            "reason": decision.reason,
-            "metrics": {"fid": new.fid, "fid_ci95": list(new.fid_ci95), "mode_collapse": new.mode_collapse},
-            "run_id": run_id,
-        })  # fmt: skip
+        _fault_point("applied")
+        registry.audit(name, entry)
+    reason = entry["reason"]
     record = {
         "registered_model": name,
         "version": version,
-        **asdict(decision),
-        "champion_before": champion.version if champion else None,
+        "promote": entry["promoted"],
+        "reason": f"already registered as v{version}: {reason}" if known else reason,
+        "champion_before": entry["from_version"],
     }
     write_json(out_path, record)
     return record

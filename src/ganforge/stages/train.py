@@ -17,6 +17,11 @@ Writes ``<out>/<train.run_name>/``::
 The step itself is ``ganforge.engine.trainer.Trainer``; this module is the I/O around it:
 resume, the loss log (one host sync every ``train.log_every`` steps), grids, the FID
 probe, checkpoints and the final files.
+
+A run works in ``<out>/.<run_name>.partial/`` and replaces ``<out>/<run_name>/`` with it
+only when it succeeds: a failed run (bad input, divergence, a crash) leaves the last good
+run, its checkpoints and its provenance (``mlflow_run.json``) exactly as they were, and
+keeps its own checkpoints in the partial directory for ``--resume``.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from ganforge.config import Params
 from ganforge.core.checkpoint import list_checkpoints, load_latest, save_state
 from ganforge.core.dataset import PreparedSplit, load_split
 from ganforge.core.device import resolve_device
-from ganforge.core.files import atomic_path, write_json
+from ganforge.core.files import atomic_path, claim_dir, mark_dir, replace_dir, write_json
 from ganforge.core.grids import fixed_grid_inputs, plot_curves, save_grid
-from ganforge.core.runlog import RunLog, Untracked
+from ganforge.core.runlog import RUN_FILE, RunLog, Untracked
 from ganforge.engine.trainer import Trainer
 from ganforge.errors import CheckpointError, ConfigError, DivergenceError
 from ganforge.models import save_generator
@@ -132,6 +137,29 @@ class _LossLog:
         )
 
 
+def work_dir(out_dir: str | Path, run_name: str) -> Path:
+    """Where a run writes until it succeeds."""
+    return Path(out_dir) / f".{run_name}.partial"
+
+
+def _open_work(run_dir: Path, work: Path, resume: bool) -> None:
+    """Claim both directories; start ``work`` fresh, or for ``--resume`` keep a failed run's
+    state there, else seed it from the finished run (to train it further)."""
+    claim_dir(run_dir, "train")
+    claim_dir(work, "train")
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    elif not list_checkpoints(work / "checkpoints") and list_checkpoints(run_dir / "checkpoints"):
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(run_dir, work)
+    elif not list_checkpoints(work / "checkpoints"):
+        raise CheckpointError(
+            f"{work / 'checkpoints'}: no checkpoints to resume from (nor in {run_dir})"
+        )
+    work.mkdir(parents=True, exist_ok=True)
+    mark_dir(work, "train")
+
+
 def _resume(trainer: Trainer, run_dir: Path, params: Params, split: PreparedSplit, device):
     """Load the newest intact checkpoint into ``trainer``; returns (loss history, FID history)."""
     state, path = load_latest(run_dir / "checkpoints", map_location=device)
@@ -207,15 +235,17 @@ def train(
             f"prepare.image_size: params say {params.prepare.image_size} px but {data_dir} holds "
             f"{manifest['image_size']} px images; rerun `ganforge prepare`"
         )
-    run_dir = Path(out_dir) / tp.run_name
+    final_dir = Path(out_dir) / tp.run_name
+    run_dir = work_dir(out_dir, tp.run_name)
     trainer = Trainer(params, split.images, split.labels, manifest["num_classes"], device)
+    _open_work(final_dir, run_dir, resume)
     history: list[dict[str, float]] = []
     fid_rows: list[dict[str, float]] = []
     if resume:
         history, fid_rows = _resume(trainer, run_dir, params, split, device)
-    else:  # a fresh run: no stale state to resume, no stale grids to mistake for this run's
-        for stale in (run_dir / "checkpoints", run_dir / "samples"):
-            shutil.rmtree(stale, ignore_errors=True)
+    record = tracker.record()
+    if record is not None:  # this run's provenance, moved into place with its outputs
+        write_json(run_dir / RUN_FILE, record)
 
     z_fixed, y_fixed, nrow = fixed_grid_inputs(
         tp.grid_size, tp.latent_dim, manifest["num_classes"], trainer.conditional, tp.seed
@@ -257,7 +287,7 @@ def train(
     trained = trainer.step_count - step0
     summary = {
         "model": tp.model,
-        "run_dir": str(run_dir),
+        "run_dir": str(final_dir),
         "device": str(device),
         "steps": trainer.step_count,
         "steps_this_run": trained,
@@ -268,11 +298,14 @@ def train(
         "torch": torch.__version__,
     }
     _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker)
+    claim_dir(final_dir, "train")
+    replace_dir(run_dir, final_dir)  # the run's outputs move into place together
     return summary
 
 
 def _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker) -> None:
-    """The final grid, generator.pt, summary.json and curves.png, each logged to the tracker."""
+    """The final grid, generator.pt, summary.json and curves.png, each logged to the tracker.
+    The artifacts are logged from the work directory, before it moves into place."""
     tp = params.train
     z, y, nrow = fixed_grid_inputs(
         tp.grid_size, tp.latent_dim, manifest["num_classes"], trainer.conditional, tp.seed

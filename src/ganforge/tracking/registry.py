@@ -1,0 +1,161 @@
+"""The model registry half of the MLflow edge (see ``ganforge.tracking``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ganforge.tracking.store import (
+    TrackingError,
+    _client,
+    _first_line,
+    _mlflow,
+    check_reachable,
+    tracking_uri,
+)
+
+
+def lock_key(uri: str) -> str:
+    """One spelling per store, so two processes always take the same lock: an absolute,
+    resolved path for SQLite; scheme, resolved host address and port for a server."""
+    from urllib.parse import urlsplit
+
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    parts = urlsplit(uri)
+    host = (parts.hostname or "").lower()
+    with contextlib.suppress(OSError):  # unresolvable: keep the name
+        host = socket.gethostbyname(host) if host else host
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+class Registry:
+    """The MLflow model registry of one store: versions, the ``champion`` alias, audit tags.
+
+    Aliases only (never the deprecated stages). ``lock`` serialises read-decide-write on one
+    machine (a ``filelock`` beside a SQLite store, or in the user cache for a server, named
+    after ``lock_key`` so every spelling of one store shares it). Across machines there is
+    no lock: ``apply`` re-reads the alias just before it moves it and reports a champion
+    that changed since the decision, so the caller decides again (compare-and-set).
+    """
+
+    CHAMPION = "champion"
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or tracking_uri()
+        check_reachable(self.uri)
+        self.client = _client(self.uri)
+
+    def _call(self, fn, *args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow registry on {self.uri}: {_first_line(exc)}") from None
+
+    def lock(self):
+        from filelock import FileLock
+
+        key = lock_key(self.uri)
+        if key.startswith("sqlite:///"):
+            db = Path(key.removeprefix("sqlite:///"))
+            path = db.with_name(db.name + ".promote.lock")
+        else:
+            d = Path.home() / ".cache" / "ganforge"
+            d.mkdir(parents=True, exist_ok=True)
+            path = d / f"promote-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
+        return FileLock(path)
+
+    def _versions(self, name: str) -> list:
+        return self._call(self.client.search_model_versions, f"name = '{name}'")
+
+    def find_or_register(
+        self, name: str, source: str, tags: dict[str, Any]
+    ) -> tuple[str, dict[str, str]]:
+        """(version, its tags) of the version holding this generator (by ``generator_sha256``),
+        or a new version of ``name`` (created if absent) from a logged model URI, tags first."""
+        from mlflow.exceptions import MlflowException
+
+        c = self.client
+        if self._call(c.search_registered_models, filter_string=f"name = '{name}'"):
+            for mv in self._versions(name):
+                if mv.tags.get("generator_sha256") == tags["generator_sha256"]:
+                    return str(mv.version), dict(mv.tags)
+        else:
+            try:  # a concurrent first registration from another machine may win: fine
+                c.create_registered_model(
+                    name, description="ganforge generators (ONNX); alias champion = deployed"
+                )
+            except MlflowException as exc:
+                if "already exists" not in str(
+                    exc
+                ).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                    raise TrackingError(
+                        f"MLflow registry on {self.uri}: {_first_line(exc)}"
+                    ) from None
+        mlflow = _mlflow()
+        # register_model is fluent (it resolves logged-model URIs): point it at this store
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        str_tags = {k: str(v) for k, v in tags.items() if v is not None}
+        return str(self._call(mlflow.register_model, source, name, tags=str_tags).version), {}
+
+    def champion(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """(version, its tags) of the alias, or None. Read from the alias map: a store error
+        fails here instead of passing for "no champion"."""
+        version = self._call(self.client.get_registered_model, name).aliases.get(self.CHAMPION)
+        if version is None:
+            return None
+        return str(version), dict(self._call(self.client.get_model_version, name, version).tags)
+
+    def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self._call(self.client.set_model_version_tag, name, version, k, v)
+
+    def apply(self, name: str, entry: dict[str, Any]) -> bool:
+        """Carry out a recorded decision (idempotent). False: the champion is no longer the one
+        the decision was made against, so nothing was moved and the caller decides again."""
+        version, before = entry["candidate"], entry["from_version"]
+        if not entry["promoted"]:
+            self.tag_version(
+                name, version, {"role": "challenger", "challenger_reason": entry["reason"][:4000]}
+            )
+            return True
+        aliases = self._call(self.client.get_registered_model, name).aliases
+        current = str(aliases[self.CHAMPION]) if self.CHAMPION in aliases else None
+        if current not in (before, version):
+            return False
+        if current != version:
+            self._call(self.client.set_registered_model_alias, name, self.CHAMPION, version)
+        self.tag_version(name, version, {"role": self.CHAMPION})
+        if before:
+            self.tag_version(name, before, {"role": "former-champion"})
+        return True
+
+    def audit(self, name: str, entry: dict[str, Any]) -> None:
+        """Append the decision to the model's trail (a tag ``audit.<ns>.<version>``), once."""
+        rm = self._call(self.client.get_registered_model, name)
+        if any(k.startswith("audit.") and k.endswith(f".{entry['candidate']}") for k in rm.tags):
+            return
+        key = f"audit.{time.time_ns()}.{entry['candidate']}"
+        self._call(self.client.set_registered_model_tag, name, key, json.dumps(entry))
+
+    def history(self, name: str | None, prefix: str) -> list[dict[str, Any]]:
+        """Audit entries of one registered model (or every ``<prefix>-*`` one), oldest first."""
+        c = self.client
+        models = (
+            [self._call(c.get_registered_model, name)] if name
+            else self._call(c.search_registered_models, filter_string=f"name LIKE '{prefix}-%'")
+        )  # fmt: skip
+        entries = [
+            {"registered_model": rm.name, "key": key, **json.loads(value)}
+            for rm in models for key, value in rm.tags.items() if key.startswith("audit.")
+        ]  # fmt: skip
+        return sorted(entries, key=lambda e: int(e["key"].split(".")[1]))

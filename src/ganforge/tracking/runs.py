@@ -1,0 +1,221 @@
+"""Tracked runs: one MLflow run per training, reopened by evaluate and export."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ganforge.core.dataset import dataset_name
+from ganforge.core.runlog import RUN_FILE, RunLog, Untracked
+from ganforge.errors import GanforgeError
+from ganforge.tracking.store import (
+    TrackingError,
+    _client,
+    _first_line,
+    _mlflow,
+    check_reachable,
+    enabled,
+    tracking_uri,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class MlflowRun:
+    """One MLflow run, as the stages see it (``RunLog``); every failure is a ``TrackingError``."""
+
+    def __init__(self, run_id: str, uri: str, experiment_id: str | None = None) -> None:
+        self.client = _client(uri)
+        self.run_id, self.uri, self.experiment_id = run_id, uri, experiment_id
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "tracking_uri": self.uri,
+            "experiment_id": self.experiment_id,
+            "run_id": self.run_id,
+        }
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # network and store errors: one line naming the server
+            raise TrackingError(f"MLflow {what} failed on {self.uri}: {_first_line(exc)}") from None
+
+    def _batch(self, what: str, **items) -> None:
+        for key, values in items.items():
+            for i in range(0, len(values), 1000 if key == "metrics" else 100):
+                chunk = {key: values[i : i + (1000 if key == "metrics" else 100)]}
+                self._call(what, self.client.log_batch, self.run_id, **chunk)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self._batch(
+            "log params",
+            params=[Param(k, "null" if v is None else str(v)) for k, v in params.items()],
+        )
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        rows = [{"step": step or 0, **{k: v for k, v in metrics.items() if v is not None}}]
+        self.log_history(rows)
+
+    def log_history(self, rows: list[dict[str, float]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, int(r["step"]))
+            for r in rows
+            for k, v in r.items()
+            if k != "step"
+        ]
+        self._batch("log metrics", metrics=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self._batch("set tags", tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+
+    def log_model(self, onnx_path: str | Path) -> str:
+        """The ONNX file as the run's onnx-flavour model ``generator``; returns its model URI."""
+        mlflow = _mlflow()
+        import onnx
+
+        def log() -> str:
+            mlflow.set_tracking_uri(self.uri)  # start_run is fluent: this run's store
+            with mlflow.start_run(run_id=self.run_id):
+                info = mlflow.onnx.log_model(
+                    onnx.load(str(onnx_path)),
+                    name="generator",
+                    # say which providers to use, or MLflow warns about CUDA ones on CPU machines
+                    onnx_execution_providers=["CPUExecutionProvider"],
+                    # stated, not inferred: inference spawns a subprocess and takes seconds
+                    pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
+                )
+            return info.model_uri
+
+        return self._call("log model", log)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._call("end run", self.client.set_terminated, self.run_id, status)
+
+
+@contextlib.contextmanager
+def training_run(params, manifest: dict[str, Any]) -> Iterator[RunLog]:
+    """Open the run of one training, yield it, and close it with the outcome's status.
+
+    The training stage writes ``run.record()`` into the run directory with its other
+    outputs, so a failed run never rewrites the last good run's provenance."""
+    if not enabled(params.mlflow.enabled):
+        yield Untracked()
+        return
+    uri = tracking_uri()
+    check_reachable(uri)
+    client = _client(uri)
+    name = f"{params.mlflow.experiment_prefix}-{dataset_name(manifest)}"
+    lock = Path("dvc.lock")
+    tags = {
+        "mlflow.runName": params.train.run_name,
+        "ganforge.model": params.train.model,
+        "ganforge.dataset": dataset_name(manifest),
+        "ganforge.data_sha256": manifest["content_sha256"],
+        "git_commit": _git_commit() or "unknown",
+        "dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest()
+        if lock.is_file()
+        else "none",
+    }
+    try:
+        exp = client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        run_id = client.create_run(exp_id, tags=tags).info.run_id
+    except Exception as exc:
+        raise TrackingError(f"MLflow could not open a run on {uri}: {_first_line(exc)}") from None
+    run = MlflowRun(run_id, uri, exp_id)
+    run.log_params(params.flat())
+    try:
+        yield run
+    except BaseException:
+        status = "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED"
+        try:  # best effort: the server may be the thing that failed; keep the original error
+            run.end(status)
+        except TrackingError as exc:
+            log.warning("could not mark the MLflow run %s: %s", status, exc)
+        raise
+    run.end()
+
+
+def reopen_run(params, run_dir: str | Path) -> RunLog:
+    """The training run's ``RunLog`` for a later stage (``Untracked`` if it was untracked)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file() or not enabled(params.mlflow.enabled):
+        return Untracked()
+    recorded = json.loads(path.read_text())
+    uri = tracking_uri()
+    if uri != recorded["tracking_uri"]:
+        log.warning(
+            "run %s was tracked at %s; now tracking at %s",
+            recorded["run_id"],
+            recorded["tracking_uri"],
+            uri,
+        )
+    check_reachable(uri)
+    return MlflowRun(recorded["run_id"], uri)
+
+
+def log_evaluation(run: RunLog, metrics: dict[str, Any], metrics_path, reports_dir) -> None:
+    """Every number as a metric, the protocol as tags, eval.json and the reports as artifacts."""
+    if isinstance(run, Untracked):
+        return
+    numbers = {
+        k: v for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
+    }  # fmt: skip
+    numbers["fid_ci95_low"], numbers["fid_ci95_high"] = metrics["fid_ci95"]
+    if metrics.get("mode_collapse") is not None:
+        numbers["mode_collapse"] = float(metrics["mode_collapse"])
+    run.log_metrics({k: v for k, v in numbers.items() if v is not None})
+    tags = {f"eval.{k}": v for k, v in metrics["protocol"].items()}
+    tags["eval.mode_collapse_rule"] = metrics.get("mode_collapse_rule")
+    tags["eval.warnings"] = " | ".join(metrics.get("warnings", [])) or None
+    run.set_tags(tags)
+    run.log_artifact(metrics_path, "eval")
+    for png in sorted(Path(reports_dir).glob("*.png")):
+        run.log_artifact(png, "eval")
+
+
+def download_model(model_uri: str, dest: str | Path | None = None) -> Path:
+    """A local copy of a ``models:/`` or ``runs:/`` URI's artifacts (for onnxruntime)."""
+    try:
+        mlflow = _mlflow()
+    except ImportError:
+        raise GanforgeError(f"{model_uri}: MLflow URIs need the mlflow package") from None
+    uri = tracking_uri()
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=str(dest) if dest else None, tracking_uri=uri
+            )
+        )
+    except Exception as exc:  # MlflowException and store errors: report, never a traceback
+        raise GanforgeError(f"{model_uri}: cannot resolve on {uri} ({_first_line(exc)})") from None
