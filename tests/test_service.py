@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -65,12 +67,16 @@ def test_generate_a_class(tmp_path, cond_onnx, tiny_onnx):
     assert not (tmp_path / "x.png").exists()
 
 
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 @pytest.fixture(scope="module")
 def server(cond_onnx):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ganforge", "serve", "--model", str(cond_onnx), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "GANFORGE_RELOAD_TOKEN": TOKEN},
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -95,7 +101,11 @@ def test_service_endpoints(server):
         httpx.get(f"{server}/generate", params={"n": 16, "seed": 1, "label": 3}).content
         == r.content
     )
-    assert httpx.post(f"{server}/reload").json()["family"] == "cdcgan"
+    assert httpx.post(f"{server}/reload", headers=AUTH).json()["family"] == "cdcgan"
+    assert httpx.post(f"{server}/reload").status_code == 401
+    assert (
+        httpx.post(f"{server}/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +134,7 @@ def test_no_request_can_name_a_file(server):
         r.status_code == 200
     )  # unknown query keys are ignored: the model is the one it started with
     assert (
-        httpx.post(f"{server}/reload", params={"model": "/etc/passwd"})
+        httpx.post(f"{server}/reload", params={"model": "/etc/passwd"}, headers=AUTH)
         .json()["model"]
         .endswith("c.onnx")
     )
@@ -168,3 +178,115 @@ def test_load_2000_requests_at_concurrency_16(server):
     result = run_load(server, total=2000, concurrency=16, n=16, conditional=True)
     print(f"\nload: {result}")
     assert result["errors"] == 0 and result["requests"] == 2000
+
+
+def test_idle_connections_are_closed(server):
+    """A keep-alive connection left idle is closed by the server (uvicorn timeout_keep_alive)."""
+    import socket
+    import time
+
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while not got.endswith(b"}"):  # the head and the JSON body may come in two reads
+            got += sock.recv(65536)
+        assert b"200 OK" in got
+        t0 = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - t0 < 12
+
+
+# --------------------------------------------------------------------------- in-process app
+
+
+def test_reload_is_off_unless_a_token_is_set(tiny_onnx, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from ganforge.deploy.service import create_app
+
+    monkeypatch.delenv("GANFORGE_RELOAD_TOKEN", raising=False)
+    with TestClient(create_app(str(tiny_onnx))) as client:
+        r = client.post("/reload", headers=AUTH)
+        assert r.status_code == 403 and "GANFORGE_RELOAD_TOKEN" in r.text
+
+
+def test_a_reload_that_cannot_run_keeps_the_old_model(tiny_onnx, tmp_path, monkeypatch):
+    """The new file loads but its metadata disagrees with its graph: the test batch fails, the
+    previous model keeps serving and /healthz stays ok. A model that fails at generation
+    turns /healthz to 503."""
+    import shutil
+
+    import onnx
+    from fastapi.testclient import TestClient
+
+    from ganforge.deploy.service import create_app
+
+    monkeypatch.setenv("GANFORGE_RELOAD_TOKEN", TOKEN)
+    served = tmp_path / "served.onnx"
+    shutil.copy(tiny_onnx, served)
+    with TestClient(create_app(str(served))) as client:
+        model = onnx.load(served)
+        for p in model.metadata_props:
+            if p.key == "ganforge.latent_dim":
+                p.value = "7"  # the graph takes 16
+        onnx.save(model, served)
+        r = client.post("/reload", headers=AUTH)
+        assert r.status_code == 503 and "still serving the previous model" in r.text
+        assert client.get("/generate", params={"n": 2}).status_code == 200
+        assert client.get("/healthz").json()["status"] == "ok"
+        holder = client.app.state.holder
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("kernel failed")
+
+        monkeypatch.setattr(holder.generator, "generate", broken)
+        assert client.get("/generate", params={"n": 2}).status_code == 503
+        h = client.get("/healthz")
+        assert h.status_code == 503 and "kernel failed" in h.json()["problem"]
+
+
+def test_registry_reloads_reuse_one_download_and_generate_leaves_none(
+    tiny_onnx, tmp_path, monkeypatch
+):
+    """100 reloads of models:/...@champion keep one downloaded copy; the cache goes at shutdown;
+    `ganforge generate` from the registry leaves no temporary directory behind."""
+    import tempfile
+
+    import mlflow
+    import onnx
+    from fastapi.testclient import TestClient
+    from mlflow.tracking import MlflowClient
+
+    from ganforge.deploy.service import create_app
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("GANFORGE_RELOAD_TOKEN", TOKEN)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(onnx.load(tiny_onnx), name="generator",
+                                     onnx_execution_providers=["CPUExecutionProvider"])  # fmt: skip
+    mv = mlflow.register_model(info.model_uri, "ganforge-test-dcgan")
+    MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(
+        "ganforge-test-dcgan", "champion", mv.version
+    )
+    ref = "models:/ganforge-test-dcgan@champion"
+    with TestClient(create_app(ref)) as client:
+        cache = client.app.state.holder.cache
+        assert client.get("/model").json()["registered_version"] == "1"
+        assert client.get("/model").json()["alias"] == "champion"
+        for _ in range(100):
+            assert client.post("/reload", headers=AUTH).status_code == 200
+        copies = [p for p in cache.iterdir()]
+        size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+        assert len(copies) == 1 and size < 3 * tiny_onnx.stat().st_size
+    assert not cache.exists()
+    before = set(Path(tempfile.gettempdir()).glob("ganforge-generate-*"))
+    out = tmp_path / "g.png"
+    proc = subprocess.run([sys.executable, "-m", "ganforge", "generate", "--model", ref, "-n", "4", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and set(Path(tempfile.gettempdir()).glob("ganforge-generate-*")) == before

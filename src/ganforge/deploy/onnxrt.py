@@ -67,14 +67,21 @@ def available_providers() -> list[str]:
     return chosen or have
 
 
-def resolve_model(model: str) -> Path:
-    """A ``.onnx`` path, or an MLflow ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` URI."""
-    if model.startswith(("models:/", "runs:/")):
+def is_registry_uri(model: str) -> bool:
+    return model.startswith(("models:/", "runs:/"))
+
+
+def resolve_model(model: str, dest: str | Path | None = None) -> Path:
+    """A ``.onnx`` path, or an MLflow ``models:/<name>@<alias>`` / ``models:/<name>/<version>``
+    URI downloaded into ``dest`` (a directory the caller owns and removes)."""
+    if is_registry_uri(model):
         from ganforge.errors import GanforgeError
         from ganforge.tracking import download_model
 
+        if dest is None:
+            raise ValueError("a registry URI needs a download directory")
         try:
-            local = download_model(model)
+            local = download_model(model, dest)
         except GanforgeError as exc:
             raise ModelLoadError(str(exc)) from None
         found = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]
@@ -104,12 +111,36 @@ class OnnxGenerator:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(self.path))
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self._self_test()
         log.info(
             "loaded %s (%s) on %s",
             self.path,
             self.info.family,
             ", ".join(self.session.get_providers()),
         )
+
+    def _self_test(self) -> None:
+        """Run a fixed batch of 2 before the model is used: its inputs and outputs must be a
+        generator's as its metadata describes it (a file that loads but cannot run is refused)."""
+        info = self.info
+        expected = {"z"} | ({"labels"} if info.conditional else set())
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(self.input_names) != expected or "images" not in outputs:
+            raise ModelLoadError(
+                f"{self.path}: inputs {self.input_names} / outputs {outputs} are not a generator's "
+                f"(expected inputs {sorted(expected)}, output images)"
+            )
+        try:
+            out = self.generate(2, seed=0, label=0 if info.conditional else None)
+        except Exception as exc:  # onnxruntime's own error types: the model cannot run
+            raise ModelLoadError(
+                f"{self.path}: does not run ({str(exc).splitlines()[0][:300]})"
+            ) from None
+        want = (2, info.channels, info.image_size, info.image_size)
+        if out.shape != want or not np.isfinite(out).all():
+            raise ModelLoadError(
+                f"{self.path}: a test batch gave {out.shape}, expected {want} finite values"
+            )
 
     def noise(self, n: int, seed: int) -> np.ndarray:
         """float32 (n, latent_dim): the same for the same seed, on every machine."""

@@ -19,6 +19,7 @@ from ganforge.tracking.runs import (
     MlflowRun,
     download_model,
     log_evaluation,
+    registry_version,
     reopen_run,
     training_run,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "enabled",
     "lock_key",
     "log_evaluation",
+    "registry_version",
     "reopen_run",
     "training_run",
     "tracking_uri",

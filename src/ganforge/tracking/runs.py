@@ -219,3 +219,17 @@ def download_model(model_uri: str, dest: str | Path | None = None) -> Path:
         )
     except Exception as exc:  # MlflowException and store errors: report, never a traceback
         raise GanforgeError(f"{model_uri}: cannot resolve on {uri} ({_first_line(exc)})") from None
+
+
+def registry_version(model_uri: str) -> str | None:
+    """The version a ``models:/name@alias`` or ``models:/name/version`` URI stands for now."""
+    rest = model_uri.removeprefix("models:/")
+    if rest == model_uri:
+        return None
+    name, _, alias = rest.partition("@")
+    if not alias:
+        return rest.partition("/")[2] or None
+    try:
+        return str(_client(tracking_uri()).get_model_version_by_alias(name, alias).version)
+    except Exception:  # noqa: BLE001 - informational only: the download already succeeded
+        return None
