@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from ganforge.core.dataset import load_split
+from ganforge.core.sources import read_idx
 from ganforge.errors import DataError
-from ganforge.stages.prepare import prepare, read_idx
+from ganforge.stages.prepare import prepare
 
 from .conftest import tiny_params
 

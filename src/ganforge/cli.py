@@ -230,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(stage: str, message: str, limit: int = 600) -> None:
+    """The one line a user sees: newlines folded, long values cut."""
+    line = " ".join(message.split())
+    if len(line) > limit:
+        line = line[:limit] + f"... ({len(line) - limit} more characters)"
+    print(f"ganforge {stage}: error: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -240,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.handler(args)
     except GanforgeError as exc:
-        print(f"ganforge {args.stage}: error: {exc}", file=sys.stderr)
+        _error(args.stage, str(exc))
         return exc.exit_code
+    except OSError as exc:  # the environment, not the input: a full disk, a read-only store
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(args.stage, f"{where}{exc.strerror or exc}")
+        return 1
     except KeyboardInterrupt:
         print(f"ganforge {args.stage}: interrupted", file=sys.stderr)
         return 130

@@ -32,11 +32,18 @@ from pydantic import (
 from ganforge.errors import ConfigError
 from ganforge.models import VARIANTS, all_settings
 
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,3})?)$"
+SEED_MAX = 2**31 - 1  # every seed feeds numpy and torch generators
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+PARAMS_MAX_BYTES = 1 << 20  # a params file is a few KiB; refuse anything near a megabyte
+MAX_MESSAGE = 600  # characters of an error line
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # every float is finite (inf would switch checks off), every string bounded
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False, str_max_length=4096
+    )
 
 
 class PrepareParams(_Section):
@@ -49,8 +56,8 @@ class PrepareParams(_Section):
     image_size: int = Field(16, ge=8, le=256)
     channels: Literal["auto", 1, 3] = "auto"
     holdout_fraction: float = Field(0.1, gt=0.0, le=0.5)
-    max_images: int = Field(0, ge=0)
-    seed: int = Field(0, ge=0)
+    max_images: int = Field(0, ge=0, le=100_000_000)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @model_validator(mode="after")
     def _path_needed(self) -> PrepareParams:
@@ -65,20 +72,20 @@ class _TrainCommon(_Section):
     """The keys every family reads; each family's own keys come from its ``settings``."""
 
     model: str = "dcgan"
-    run_name: str = Field("main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    run_name: str = Field("main", pattern=NAME_PATTERN)
     latent_dim: int = Field(64, ge=1, le=1024)
     g_width: int = Field(32, ge=4, le=1024)
     d_width: int = Field(32, ge=4, le=1024)
     batch_size: int = Field(64, ge=1, le=65536)
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(3000, ge=1, le=100_000_000)
     lr: float = Field(2e-4, gt=0.0, le=1.0)
     d_lr: float | None = Field(None, gt=0.0, le=1.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    sample_every: int = Field(250, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
-    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(250, ge=1, le=100_000_000)
+    checkpoint_every: int = Field(500, ge=1, le=100_000_000)
+    log_every: int = Field(10, ge=1, le=100_000_000)
     grid_size: int = Field(64, ge=1, le=1024)
     fid_samples: int = Field(1000, ge=0, le=100000)
     device: str = Field("auto", pattern=DEVICE_PATTERN)
@@ -86,7 +93,7 @@ class _TrainCommon(_Section):
     channels_last: bool = False
     compile: bool = False
     data_on_device: bool = True
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @field_validator("model")
     @classmethod
@@ -116,7 +123,7 @@ class FeaturenetParams(_Section):
     max_shift: int = Field(2, ge=0, le=8)
     min_accuracy: float | Literal["auto"] = "auto"
     device: str = Field("auto", pattern=DEVICE_PATTERN)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @field_validator("min_accuracy")
     @classmethod
@@ -134,16 +141,16 @@ class EvaluateParams(_Section):
     batch_size: int = Field(500, ge=1, le=65536)
     bootstrap: int = Field(200, ge=0, le=10000)
     kid_subsets: int = Field(50, ge=1, le=10000)
-    kid_subset_size: int = Field(1000, ge=2)
+    kid_subset_size: int = Field(1000, ge=2, le=1_000_000)
     is_splits: int = Field(10, ge=1, le=100)
-    stable_samples: int = Field(5000, ge=2)
+    stable_samples: int = Field(5000, ge=2, le=1_000_000)
     coverage_threshold: float = Field(0.5, gt=0.0, le=1.0)
-    kl_threshold: float = Field(0.2, gt=0.0)
+    kl_threshold: float = Field(0.2, gt=0.0, le=100.0)
     pr_k: int = Field(3, ge=1, le=100)
-    pr_samples: int = Field(5000, ge=2)
+    pr_samples: int = Field(5000, ge=2, le=100_000)
     interpolation_steps: int = Field(10, ge=2, le=64)
     device: str = Field("auto", pattern=DEVICE_PATTERN)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @model_validator(mode="after")
     def _inception_needs_weights_or_network(self) -> EvaluateParams:
@@ -156,8 +163,8 @@ class EvaluateParams(_Section):
 
 class ExportParams(_Section):
     parity_tolerance: float = Field(1e-4, gt=0.0, le=1.0)
-    parity_batches: list[int] = Field([1, 64], min_length=1)
-    parity_seed: int = Field(0, ge=0)
+    parity_batches: list[int] = Field([1, 64], min_length=1, max_length=16)
+    parity_seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @field_validator("parity_batches")
     @classmethod
@@ -169,13 +176,13 @@ class ExportParams(_Section):
 
 class MlflowParams(_Section):
     enabled: bool | Literal["auto"] = "auto"
-    experiment_prefix: str = Field("ganforge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    registered_model_prefix: str = Field("ganforge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    experiment_prefix: str = Field("ganforge", pattern=NAME_PATTERN)
+    registered_model_prefix: str = Field("ganforge", pattern=NAME_PATTERN)
 
 
 class ScheduleParams(_Section):
-    cron: str = Field("0 3 * * 0", pattern=r"^\S+( \S+){4}$")
-    deployment: str = Field("weekly-retrain", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    cron: str = Field("0 3 * * 0", max_length=200, pattern=r"^\S+( \S+){4}$")
+    deployment: str = Field("weekly-retrain", pattern=NAME_PATTERN)
     retries: int = Field(2, ge=0, le=10)
     retry_delay_s: int = Field(10, ge=0, le=3600)
 
@@ -212,24 +219,84 @@ class Params(_Section):
         }
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    """One line per problem, ``source: section.key: what is wrong (got X)``."""
+class _StrictLoader(yaml.SafeLoader):
+    """YAML for params: no anchors or aliases (a few hundred bytes of aliases expand to
+    gigabytes), no duplicate keys (the last would silently win)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _ParamsYamlError(f"YAML aliases are not allowed in params (line {mark.line + 1})")
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise _ParamsYamlError(
+                f"YAML anchors are not allowed in params (line {event.start_mark.line + 1})"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise _ParamsYamlError(
+                    f"line {key_node.start_mark.line + 1}: a key must be a plain value"
+                )
+            if key in seen:
+                raise _ParamsYamlError(
+                    f"duplicate key {str(key)[:60]!r} (line {key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class _ParamsYamlError(Exception):
+    pass
+
+
+def _yaml(text: str, where: str) -> Any:
+    """Parse params YAML strictly; every failure is one ``ConfigError`` line naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _ParamsYamlError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at} ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return (
+        text if len(text) <= limit else text[: limit - 5] + "...'" * isinstance(value, str) + "..."
+    )
+
+
+def _format_error(
+    err: ValidationError, source: str, overridden: frozenset[str] = frozenset()
+) -> str:
+    """One part per problem, ``source: section.key: what is wrong (got X)``; a key set with
+    ``--set`` is named as ``--set section.key``, so the user knows where the value came from."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
+        origin = "--set" if ".".join(str(p) for p in e["loc"][:2]) in overridden else f"{source}:"
         if e["type"] == "extra_forbidden":
             section_model = _model_at(e["loc"][:-1])
             allowed = ", ".join(section_model.model_fields) if section_model else "?"
-            parts.append(f"{loc}: unknown key (allowed: {allowed})")
+            parts.append(f"{origin} {loc}: unknown key (allowed: {allowed})")
             continue
         msg = e["msg"].removeprefix("Value error, ")
         if msg.startswith(loc + ":") or re.match(r"^[a-z_]+\.[a-z_]+: ", msg):
-            parts.append(msg)  # our own validators already name the key
+            parts.append(f"{origin} {msg}")  # our own validators already name the key
         else:
             got = e.get("input")
-            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            parts.append(f"{loc or 'params'}: {msg}{got_s}")
-    return f"{source}: " + "; ".join(parts)
+            got_s = "" if isinstance(got, dict) else f" (got {_short(got)})"
+            parts.append(f"{origin} {loc or 'params'}: {msg}{got_s}")
+    return "; ".join(parts)
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -244,30 +311,32 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply ``section.key=value`` (value parsed as YAML) to the raw params dict in place."""
+def apply_override(raw: dict[str, Any], assignment: str) -> str:
+    """Apply ``section.key=value`` (value parsed as YAML) to the raw params dict in place;
+    returns ``section.key``."""
+    shown = _short(assignment)
+    if len(assignment) > 4096:
+        raise ConfigError(f"--set {shown}: longer than 4096 characters")
     key, sep, value = assignment.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set {assignment!r}: expected section.key=value, e.g. train.lr=1e-4")
+        raise ConfigError(f"--set {shown}: expected section.key=value, e.g. train.lr=1e-4")
     section, name = parts
     if section not in Params.model_fields:
         raise ConfigError(
-            f"--set {assignment!r}: unknown section '{section}' (allowed: {', '.join(Params.model_fields)})"
+            f"--set {shown}: unknown section {_short(section, 40)} (allowed: {', '.join(Params.model_fields)})"
         )
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"--set {assignment!r}: value is not valid YAML ({exc.__class__.__name__})"
-        ) from None
+    parsed = _yaml(value, f"--set {shown}: value") if value.strip() else ""
     target = raw.setdefault(section, {})
     if not isinstance(target, dict):
-        raise ConfigError(f"--set {assignment!r}: section '{section}' in params is not a mapping")
+        raise ConfigError(f"--set {shown}: section '{section}' in params is not a mapping")
     target[name] = parsed
+    return f"{section}.{name}"
 
 
-def parse_params(raw: Any, source: str = "params") -> Params:
+def parse_params(
+    raw: Any, source: str = "params", overridden: frozenset[str] = frozenset()
+) -> Params:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -277,7 +346,9 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(_format_error(err, source, overridden)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
@@ -286,16 +357,21 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        with open(path, "rb") as f:
+            data = f.read(PARAMS_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) > PARAMS_MAX_BYTES:
+        raise ConfigError(f"{path}: larger than {PARAMS_MAX_BYTES // 1024} KiB; not a params file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    raw = _yaml(text, str(path))
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path}: top level must be a mapping of sections, got {type(raw).__name__}"
         )
-    for assignment in overrides or []:
-        apply_override(raw, assignment)
-    return parse_params(raw, str(path))
+    overridden = frozenset(apply_override(raw, a) for a in overrides or [])
+    return parse_params(raw, str(path), overridden)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,48 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: not found; run `ganforge prepare` first")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{path}: corrupt manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a ganforge prepared-data manifest (format {FORMAT})")
+    _check_schema(manifest, path)
     return manifest
+
+
+# the manifest's keys and their types; a hand-edited manifest is refused by key
+_SCHEMA = {
+    "source": str, "path": str, "image_size": int, "channels": int, "num_classes": int,
+    "class_names": list, "splits": dict, "content_sha256": str, "params": dict,
+}  # fmt: skip
+
+
+def _check_schema(manifest: dict[str, Any], path: Path) -> None:
+    for key, kind in _SCHEMA.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise DataError(
+                f"{path}: {key} is missing or not a {kind.__name__}; rerun `ganforge prepare`"
+            )
+    k = manifest["num_classes"]
+    if not 1 <= k <= 100_000 or len(manifest["class_names"]) != k:
+        raise DataError(
+            f"{path}: num_classes {k} does not match its {len(manifest['class_names'])} class_names"
+        )
+    if not 1 <= manifest["channels"] <= 4 or not 1 <= manifest["image_size"] <= 4096:
+        raise DataError(f"{path}: channels/image_size out of range; rerun `ganforge prepare`")
+    for name in SPLITS:
+        entry = manifest["splits"].get(name)
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise DataError(
+                f"{path}: splits.{name} is missing its file or sha256; rerun `ganforge prepare`"
+            )
+        if Path(entry["file"]).name != entry["file"]:
+            raise DataError(
+                f"{path}: splits.{name}.file {entry['file']!r} must be a name in {path.parent}"
+            )
 
 
 def load_split(data_dir: str | Path, split: str = "train") -> PreparedSplit:
@@ -80,11 +118,21 @@ def load_split(data_dir: str | Path, split: str = "train") -> PreparedSplit:
         raise DataError(
             f"{path}: checksum mismatch with manifest.json (corrupt or changed); rerun `ganforge prepare`"
         )
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        images, labels = z["images"], z["labels"]
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"{path}: not a prepared split ({exc.__class__.__name__}); rerun `ganforge prepare`"
+        ) from None
+    if images.ndim != 4 or labels.ndim != 1:
+        raise DataError(f"{path}: arrays of the wrong rank ({images.shape}, {labels.shape})")
     size, ch = manifest["image_size"], manifest["channels"]
     if (
-        images.dtype != np.uint8
+        labels.dtype != np.int64
+        or labels.min(initial=0) < 0
+        or labels.max(initial=0) >= manifest["num_classes"]
+        or images.dtype != np.uint8
         or images.shape[1:] != (ch, size, size)
         or len(labels) != len(images)
     ):

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ganforge.core.checkpoint import load_verified, save_verified
+from ganforge.errors import CheckpointError
 
 FORMAT = "ganforge.featurenet/1"
 
@@ -77,7 +78,14 @@ def load_featurenet(
 ) -> tuple[FeatureNet, dict[str, Any]]:
     """The network (eval mode) and its record (with the verified ``sha256``)."""
     meta = load_verified(path, FORMAT)
-    net = FeatureNet(**meta["kwargs"])
-    net.load_state_dict(meta["state_dict"])
+    try:
+        net = FeatureNet(**meta["kwargs"])
+        net.load_state_dict(meta["state_dict"])
+        for key in ("data_sha256", "holdout_accuracy", "class_names"):
+            meta[key]  # noqa: B018 - the record every score relies on must be complete
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: does not rebuild a feature network ({str(exc).splitlines()[0][:200]})"
+        ) from None
     net.to(device).eval()
     return net, {k: v for k, v in meta.items() if k != "state_dict"}

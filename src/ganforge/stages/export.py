@@ -125,7 +125,12 @@ def parity(
     """Max |onnxruntime - torch| over fixed-seed batches -> {"max_abs_diff", "per_batch"}."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's Fail / InvalidGraph
+        raise ExportError(
+            f"parity: onnxruntime cannot load the model ({str(exc).splitlines()[0][:200]})"
+        ) from None
     conditional = meta["conditional"]
     latent = meta["generator_kwargs"]["latent_dim"]
     k = meta["data"]["num_classes"]
@@ -137,7 +142,13 @@ def parity(
         with torch.no_grad():
             ref = G(z, y).numpy()
         feeds = {"z": z.numpy()} | ({"labels": y.numpy()} if conditional else {})
-        out = session.run(["images"], feeds)[0]
+        try:
+            out = session.run(["images"], feeds)[0]
+        except Exception as exc:  # onnxruntime's own error types: not this generator's graph
+            raise ExportError(
+                f"parity: the ONNX model does not run as this generator at batch {n} "
+                f"({str(exc).splitlines()[0][:200]})"
+            ) from None
         if out.shape != ref.shape:
             raise ExportError(
                 f"parity: ONNX output shape {out.shape} != PyTorch {ref.shape} at batch {n}"

@@ -102,10 +102,16 @@ def registered_model_name(params, dataset: str, family: str) -> str:
 
 def _candidate_from_tags(version: str, tags: dict[str, str]) -> Candidate:
     """A registered version as the rule sees it (its metrics were stored as version tags)."""
+    try:
+        fid, lo, hi = (float(tags[k]) for k in ("fid", "fid_ci95_low", "fid_ci95_high"))
+    except (KeyError, ValueError):
+        raise PromotionError(
+            f"registry version {version}: tags fid / fid_ci95_low / fid_ci95_high missing or not numbers"
+        ) from None
     return Candidate(
         version=version,
-        fid=float(tags["fid"]),
-        fid_ci95=(float(tags["fid_ci95_low"]), float(tags["fid_ci95_high"])),
+        fid=fid,
+        fid_ci95=(lo, hi),
         mode_collapse={"true": True, "false": False}.get(tags.get("mode_collapse", "")),
         parity_passed=tags.get("parity_passed") == "true",
         data_sha256=tags.get("data_sha256"),
