@@ -113,7 +113,9 @@ def test_divergence_fails_the_stage_and_the_mlflow_run(tmp_path, digits_dir):
     assert not (out / "main/generator.pt").exists()
     from mlflow.tracking import MlflowClient
 
-    run_id = json.loads((out / "main/mlflow_run.json").read_text())["run_id"]
+    # the failed run's provenance stays with its partial state, never in a finished run's place
+    assert not (out / "main").exists()
+    run_id = json.loads((out / ".main.partial/mlflow_run.json").read_text())["run_id"]
     assert MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(run_id).info.status == "FAILED"
 
 

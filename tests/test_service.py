@@ -266,7 +266,8 @@ def test_registry_reloads_reuse_one_download_and_generate_leaves_none(
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with mlflow.start_run():
+    exp = mlflow.set_experiment("ganforge-test")  # not an experiment id left by an earlier test
+    with mlflow.start_run(experiment_id=exp.experiment_id):
         info = mlflow.onnx.log_model(onnx.load(tiny_onnx), name="generator",
                                      onnx_execution_providers=["CPUExecutionProvider"])  # fmt: skip
     mv = mlflow.register_model(info.model_uri, "ganforge-test-dcgan")
