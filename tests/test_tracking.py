@@ -72,6 +72,13 @@ def test_training_is_tracked_on_the_server(mlflow_server, tmp_path, digits_dir):
     }
     assert {"samples.png", "history.csv", "samples/step_00000030.png"} <= artifacts
     assert {"git_commit", "dvc_lock_sha256", "ganforge.data_sha256"} <= set(run.data.tags)
+    # a name that tells runs apart, and the grids as step-indexed images for the UI's slider
+    assert (
+        run.info.run_name.startswith("dcgan-digits-")
+        and len(run.info.run_name) == len("dcgan-digits-") + 6
+    )
+    images = {a.path for a in client.list_artifacts(run_id, "images")}
+    assert any(p.startswith("images/samples+step+30+") for p in images), images
 
 
 def test_unreachable_server_fails_fast_and_writes_nothing(tmp_path, digits_dir):
@@ -127,15 +134,16 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
     assert len(client.get_metric_history(run_id, "g_loss")) == 600
 
     def candidate(tag: str, fid: float, half: float):
+        """Another generator (its own sha256) with the given FID, sharing the logged model."""
         d = tmp_path / tag
         d.mkdir()
-        shutil.copy(project / "models/main/mlflow_run.json", d / "mlflow_run.json")
-        shutil.copy(project / "metrics/export.json", d / "export.json")
+        ex = json.loads((project / "metrics/export.json").read_text())
+        (d / "export.json").write_text(json.dumps({**ex, "generator_sha256": f"{tag}-sha"}))
+        protocol = {**ev["protocol"], "generator_sha256": f"{tag}-sha"}
         (d / "eval.json").write_text(
-            json.dumps(
-                {**ev, "mode_collapse": False, "fid": fid, "fid_ci95": [fid - half, fid + half]}
-            )
-        )
+            json.dumps({**ev, "protocol": protocol, "mode_collapse": False, "fid": fid,
+                        "fid_ci95": [fid - half, fid + half]})
+        )  # fmt: skip
         return promote(tiny_params(), d / "eval.json", d / "export.json", d / "promote.json")
 
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
@@ -158,3 +166,24 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
         f"v{worse['version']}  challenger" in shown.stdout
         and f"-> v{better['version']}" in lines[-1]
     )
+
+
+def test_a_bit_identical_retrain_keeps_the_first_run(tmp_path, digits_dir):
+    """Retraining on unchanged data and params reproduces the generator; the second MLflow run
+    is dropped and the run directory keeps pointing at the first (no orphan run)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["train", "--data", str(digits_dir), "--out", str(tmp_path / "runs"), *TINY]
+    first = ganforge(args, uri, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_file = tmp_path / "runs/main/mlflow_run.json"
+    first_id = json.loads(run_file.read_text())["run_id"]
+    again = ganforge(args, uri, tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["mlflow_run_id"] == first_id
+    assert json.loads(run_file.read_text())["run_id"] == first_id
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("ganforge-digits").experiment_id])
+    assert [r.info.run_id for r in runs] == [first_id]  # the duplicate is deleted, not listed
+    assert client.get_run(first_id).info.status == "FINISHED"

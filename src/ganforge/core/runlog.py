@@ -28,6 +28,13 @@ class RunLog(Protocol):
 
     def set_tags(self, tags: dict[str, Any]) -> None: ...
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None: ...
+
+    def settle(self, generator_sha256: str) -> dict[str, Any] | None:
+        """The training produced this generator: if an earlier finished run produced the very
+        same file, drop this run and stand for that one; returns the record to keep."""
+        ...
+
     def log_model(self, onnx_path: str | Path) -> str | None:
         """Log an ONNX generator as the run's model; its URI (None when untracked)."""
         ...
@@ -52,6 +59,12 @@ class Untracked:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         pass
+
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        pass
+
+    def settle(self, generator_sha256: str) -> dict[str, Any] | None:
+        return None
 
     def log_model(self, onnx_path: str | Path) -> str | None:
         return None

@@ -273,6 +273,7 @@ def train(
             grid_path = samples_dir / f"step_{step:08d}.png"
             save_grid(trainer.sample(z_fixed, y_fixed), grid_path, nrow)
             tracker.log_artifact(grid_path, "samples")
+            tracker.log_image(grid_path, "samples", step)
             if probe is not None:
                 fid_rows.append({"step": step, "fid": probe(trainer.sample)})
                 _write_csv(run_dir / "fid_history.csv", fid_rows)
@@ -311,7 +312,7 @@ def _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows
         tp.grid_size, tp.latent_dim, manifest["num_classes"], trainer.conditional, tp.seed
     )
     save_grid(trainer.sample(z, y), run_dir / "samples.png", nrow)
-    save_generator(
+    digest = save_generator(
         run_dir / "generator.pt",
         family=trainer.variant.name,
         conditional=trainer.conditional,
@@ -328,3 +329,6 @@ def _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows
     for name in ("samples.png", "curves.png", "history.csv", "fid_history.csv", "summary.json"):
         if (run_dir / name).is_file():
             tracker.log_artifact(run_dir / name)
+    record = tracker.settle(digest)  # a bit-identical retrain keeps the run that made it first
+    if record is not None:
+        write_json(run_dir / RUN_FILE, record)

@@ -14,7 +14,6 @@ from ganforge.tracking.store import (
     TrackingError,
     _client,
     _first_line,
-    _mlflow,
     check_reachable,
     tracking_uri,
 )
@@ -100,12 +99,11 @@ class Registry:
                     raise TrackingError(
                         f"MLflow registry on {self.uri}: {_first_line(exc)}"
                     ) from None
-        mlflow = _mlflow()
-        # register_model is fluent (it resolves logged-model URIs): point it at this store
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
         str_tags = {k: str(v) for k, v in tags.items() if v is not None}
-        return str(self._call(mlflow.register_model, source, name, tags=str_tags).version), {}
+        model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else None
+        mv = self._call(c.create_model_version, name, source, run_id=tags.get("run_id"),
+                        tags=str_tags, model_id=model_id)  # fmt: skip
+        return str(mv.version), {}
 
     def champion(self, name: str) -> tuple[str, dict[str, str]] | None:
         """(version, its tags) of the alias, or None. Read from the alias map: a store error
@@ -137,7 +135,23 @@ class Registry:
         self.tag_version(name, version, {"role": self.CHAMPION})
         if before:
             self.tag_version(name, before, {"role": "former-champion"})
+        self._describe(name, version, entry)
         return True
+
+    def _describe(self, name: str, version: str, entry: dict[str, Any]) -> None:
+        """The decision where the registry UI shows it: the version's description."""
+        m = entry["metrics"]
+        head = (
+            f"PROMOTED to champion (was v{entry['from_version']})" if entry["promoted"] and entry["from_version"]
+            else "PROMOTED to champion (the first)" if entry["promoted"]
+            else f"challenger; champion stays v{entry['to_version']}"
+        )  # fmt: skip
+        text = (
+            f"{head}. Rule: parity passed, no mode collapse, FID beats the champion's beyond both 95% "
+            f"intervals. This version: FID {m['fid']} {m['fid_ci95']}, mode collapse {m['mode_collapse']}. "
+            f"Reason: {entry['reason']}. Decided {entry['time']} for run {entry['run_id']}."
+        )
+        self._call(self.client.update_model_version, name, version, description=text[:4000])
 
     def audit(self, name: str, entry: dict[str, Any]) -> None:
         """Append the decision to the model's trail (a tag ``audit.<ns>.<version>``), once."""

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from ganforge.tracking.store import (
     _first_line,
     _mlflow,
     check_reachable,
+    default_artifact_location,
     enabled,
+    existing_store,
     tracking_uri,
 )
 
@@ -102,12 +105,17 @@ class MlflowRun:
         mlflow = _mlflow()
         import onnx
 
+        model = onnx.load(str(onnx_path))
+        signature, example = _onnx_signature(onnx_path)
+
         def log() -> str:
             mlflow.set_tracking_uri(self.uri)  # start_run is fluent: this run's store
             with mlflow.start_run(run_id=self.run_id):
                 info = mlflow.onnx.log_model(
-                    onnx.load(str(onnx_path)),
+                    model,
                     name="generator",
+                    signature=signature,
+                    input_example=example,
                     # say which providers to use, or MLflow warns about CUDA ones on CPU machines
                     onnx_execution_providers=["CPUExecutionProvider"],
                     # stated, not inferred: inference spawns a subprocess and takes seconds
@@ -117,8 +125,54 @@ class MlflowRun:
 
         return self._call("log model", log)
 
+    def settle(self, generator_sha256: str) -> dict[str, Any]:
+        """A retrain that reproduced a generator bit for bit adopts the run that made it first
+        (this run is deleted), so no orphan run is left and provenance does not move."""
+        tag = "ganforge.generator_sha256"
+        found = self._call(
+            "search runs", self.client.search_runs, [self.experiment_id],
+            filter_string=f"tags.`{tag}` = '{generator_sha256}' and attributes.status = 'FINISHED'",
+            max_results=5,
+        )  # fmt: skip
+        earlier = next((r for r in found if r.info.run_id != self.run_id), None)
+        if earlier is None:
+            self.set_tags({tag: generator_sha256})
+        else:
+            log.info(
+                "identical to the generator of run %s: this run is dropped", earlier.info.run_id
+            )
+            self._call("delete run", self.client.delete_run, self.run_id)
+            self.run_id = earlier.info.run_id
+        return self.record()
+
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """A grid under ``key`` at ``step``: the UI's image slider compares steps."""
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            self._call(
+                "log image", self.client.log_image, self.run_id, im.copy(), key=key, step=step
+            )
+
     def end(self, status: str = "FINISHED") -> None:
         self._call("end run", self.client.set_terminated, self.run_id, status)
+
+
+def _onnx_signature(onnx_path: str | Path):
+    """(signature, input example) of a ganforge ONNX generator, from one run of it: inputs
+    ``z`` float32 (-1, latent) [+ ``labels`` int64 (-1,)], output ``images`` float32 (-1, C, H, W)."""
+    import numpy as np
+    import onnxruntime as ort
+    from mlflow.models import infer_signature
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    example = {"z": np.zeros((2, int(meta["ganforge.latent_dim"])), np.float32)}
+    if meta.get("ganforge.conditional") == "true":
+        example["labels"] = np.zeros(2, np.int64)
+    images = session.run(["images"], example)[0]
+    return infer_signature(example, {"images": images}), example
 
 
 @contextlib.contextmanager
@@ -136,7 +190,9 @@ def training_run(params, manifest: dict[str, Any]) -> Iterator[RunLog]:
     name = f"{params.mlflow.experiment_prefix}-{dataset_name(manifest)}"
     lock = Path("dvc.lock")
     tags = {
-        "mlflow.runName": params.train.run_name,
+        # distinct names in the UI: family, data, a short id (run_name is a directory, often "main")
+        "mlflow.runName": f"{params.train.model}-{dataset_name(manifest)}-{uuid.uuid4().hex[:6]}",
+        "ganforge.run_dir": params.train.run_name,
         "ganforge.model": params.train.model,
         "ganforge.dataset": dataset_name(manifest),
         "ganforge.data_sha256": manifest["content_sha256"],
@@ -147,7 +203,11 @@ def training_run(params, manifest: dict[str, Any]) -> Iterator[RunLog]:
     }
     try:
         exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else client.create_experiment(name, artifact_location=default_artifact_location(uri))
+        )
         run_id = client.create_run(exp_id, tags=tags).info.run_id
     except Exception as exc:
         raise TrackingError(f"MLflow could not open a run on {uri}: {_first_line(exc)}") from None
@@ -156,13 +216,16 @@ def training_run(params, manifest: dict[str, Any]) -> Iterator[RunLog]:
     try:
         yield run
     except BaseException:
+        if run.run_id != run_id:  # adopted an earlier run: never mark that one failed
+            raise
         status = "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED"
         try:  # best effort: the server may be the thing that failed; keep the original error
             run.end(status)
         except TrackingError as exc:
             log.warning("could not mark the MLflow run %s: %s", status, exc)
         raise
-    run.end()
+    if run.run_id == run_id:
+        run.end()
 
 
 def reopen_run(params, run_dir: str | Path) -> RunLog:
@@ -210,7 +273,7 @@ def download_model(model_uri: str, dest: str | Path | None = None) -> Path:
         mlflow = _mlflow()
     except ImportError:
         raise GanforgeError(f"{model_uri}: MLflow URIs need the mlflow package") from None
-    uri = tracking_uri()
+    uri = existing_store(tracking_uri())
     try:
         return Path(
             mlflow.artifacts.download_artifacts(
@@ -230,6 +293,8 @@ def registry_version(model_uri: str) -> str | None:
     if not alias:
         return rest.partition("/")[2] or None
     try:
-        return str(_client(tracking_uri()).get_model_version_by_alias(name, alias).version)
+        return str(
+            _client(existing_store(tracking_uri())).get_model_version_by_alias(name, alias).version
+        )
     except Exception:  # noqa: BLE001 - informational only: the download already succeeded
         return None

@@ -6,20 +6,55 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from ganforge.errors import GanforgeError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_URI = "sqlite:///mlflow.db"  # resolved against the project root, see tracking_uri
 
 
 class TrackingError(GanforgeError):
     """The tracking server is unreachable or refused a request."""
 
 
+def project_root(cwd: Path | None = None) -> Path | None:
+    """The DVC project this process works for: the nearest ancestor holding ``.dvc/``. Inside
+    DVC's temporary experiment copies (``<root>/.dvc/tmp/exps/...``: ``dvc exp run --temp``
+    and ``--queue``) that is the project holding the copy, not the copy."""
+    cwd = (cwd or Path.cwd()).resolve()
+    if ".dvc" in cwd.parts:
+        return Path(*cwd.parts[: cwd.parts.index(".dvc")])
+    return next((d for d in (cwd, *cwd.parents) if (d / ".dvc").is_dir()), None)
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db`` (absolute, so every
+    stage, wherever DVC runs it, records into the project's one store)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    root = project_root() or Path.cwd()
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Artifacts beside the default SQLite store (``<root>/mlruns``); a server decides its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+
+
+def existing_store(uri: str) -> str:
+    """``uri`` for reading (models:/ lookups): a SQLite store must already exist, so a lookup
+    from the wrong directory names the URI instead of creating an empty ``mlflow.db`` there."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')} (tracking URI {uri}); run from the "
+            "project directory or set MLFLOW_TRACKING_URI to its mlflow.db or tracking server"
+        )
+    return uri
 
 
 def _first_line(exc: BaseException) -> str:
