@@ -99,7 +99,6 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
     candidate takes champion, a worse one stays challenger, a better one takes champion, and
     the audit trail shows each step."""
     import os
-    import shutil
 
     from mlflow.tracking import MlflowClient
 
