@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast lint clean
+.PHONY: help run test test-fast lint compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ test: $(STAMP) ## the whole test suite, slow end-to-end tests included
 
 test-fast: $(STAMP) ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
+
+compare: $(STAMP) ## experiments side by side: params that differ and the headline metrics
+	$(BIN)/dvc exp show --no-pager --only-changed --drop 'Rev|State|Executor|dvc.lock|src/|data/|models/featurenet' \
+	  --drop 'fid_at_floor_samples|kid_std|is_std|kl_class|opset|holdout_accuracy|train_accuracy|min_accuracy|holdout_images|epochs|seconds|sha256|device'
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check src tests pipelines

@@ -12,11 +12,13 @@ the stage's own one-line error as the message.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 
 STAGES = ("prepare", "featurenet", "train", "evaluate", "export", "promote")
@@ -50,7 +52,8 @@ def _env() -> dict[str, str]:
 def run_stage(stage: str, repo: str, force: bool = False) -> str:
     """``dvc repro --single-item <stage>`` in ``repo``; returns the stage's last output line."""
     logger = get_run_logger()
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (
+    # -q: DVC's "git add dvc.lock / autostage" hint once per flow (report_run), not per stage
+    cmd = [sys.executable, "-m", "dvc", "repro", "-q", "--single-item", stage] + (
         ["--force"] if force else []
     )
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=_env())
@@ -70,6 +73,40 @@ def _retrying(repo: str):
     return run_stage.with_options(retries=s.retries, retry_delay_seconds=s.retry_delay_s)
 
 
+def _read(repo: str, rel: str) -> dict:
+    path = Path(repo) / rel
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def report_run(repo: str, flow_name: str) -> str:
+    """What this flow run trained, how it scored and what promotion decided, as a Prefect
+    markdown artifact on the run (the UI's Artifacts tab), from the pipeline's own files."""
+    from prefect.artifacts import create_markdown_artifact
+
+    ev, ex, pr = (_read(repo, f"metrics/{n}.json") for n in ("eval", "export", "promote"))
+    params = yaml.safe_load((Path(repo) / "params.yaml").read_text()) or {}
+    train = params.get("train", {})
+    rows = [("model", train.get("model")), ("steps", train.get("steps")), ("data", params.get("prepare", {}).get("source")),
+            ("FID [95% interval]", f"{ev.get('fid')} {ev.get('fid_ci95')}"), ("real-data floor", ev.get("fid_floor")),
+            ("KID", ev.get("kid_mean")), ("precision / recall", f"{ev.get('precision')} / {ev.get('recall')}"),
+            ("class coverage", ev.get("class_coverage")), ("mode collapse", ev.get("mode_collapse")),
+            ("ONNX parity (max abs diff)", ex.get("parity_max_abs_diff")),
+            ("registered", f"{pr.get('registered_model')} v{pr.get('version')}"),
+            ("promoted to champion", pr.get("promote")), ("reason", pr.get("reason"))]  # fmt: skip
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    markdown = f"# ganforge {flow_name}\n\n| | |\n|---|---|\n{table}\n"
+    create_markdown_artifact(
+        markdown=markdown,
+        key=f"ganforge-{flow_name}",
+        description="what this run trained and decided",
+    )
+    get_run_logger().info("to record this state in git: git add dvc.lock metrics && git commit")
+    return markdown
+
+
 @flow(name="ganforge-training")
 def training_flow(repo: str = str(ROOT), stages: list[str] | None = None) -> dict[str, str]:
     """Every stage in order (DVC skips those that are up to date)."""
@@ -77,6 +114,7 @@ def training_flow(repo: str = str(ROOT), stages: list[str] | None = None) -> dic
     results = {}
     for stage in stages or STAGES:
         results[stage] = stage_task(stage, repo)
+    report_run(repo, "training")
     return results
 
 
@@ -90,6 +128,7 @@ def retrain_flow(repo: str = str(ROOT)) -> dict[str, str]:
     results["train"] = stage_task("train", repo, force=True)
     for stage in ("evaluate", "export", "promote"):
         results[stage] = stage_task(stage, repo)
+    report_run(repo, "retrain")
     return results
 
 

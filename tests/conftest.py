@@ -105,10 +105,16 @@ def make_project(dest: Path, tiny: bool = True, **sections) -> Path:
     import shutil
     import subprocess
 
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
+    # what a fresh clone has: tracked files (as in the working tree), plus new code not yet
+    # committed; never what a run left behind (dvc.lock, metrics/, reports/, grids, stores)
+    def ls(*args: str) -> list[str]:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", *args], cwd=ROOT, capture_output=True, check=True
+        )
+        return out.stdout.decode().split("\0")
+
+    code = ("src/", "tests/", "pipelines/", "benchmarks/")
+    files = ls("--cached") + [f for f in ls("--others", "--exclude-standard") if f.startswith(code)]
     for rel in filter(None, files):
         src = ROOT / rel
         if src.is_file():

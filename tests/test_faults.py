@@ -62,7 +62,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, digits_dir):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        ckpts = out / "main/checkpoints"
+        ckpts = out / ".main.partial/checkpoints"  # a run writes here until it succeeds
         target = ckpts / f"step_{10 * rng.randint(1, 20):08d}.pt.sha256"  # a random checkpoint
         deadline = time.monotonic() + 120
         while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -173,7 +173,7 @@ def test_tracking_server_loss_fails_cleanly_and_resume_completes(tmp_path, digit
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
         )
-        ckpts = out / "main/checkpoints"
+        ckpts = out / ".main.partial/checkpoints"
         deadline = time.monotonic() + 120
         while len(list(ckpts.glob("step_*.pt.sha256"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)

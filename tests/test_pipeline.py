@@ -169,6 +169,41 @@ def test_sngan_through_the_unchanged_pipeline(tmp_path):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
 
 
+@pytest.mark.slow
+def test_temp_experiment_records_into_the_project_store(reproduced):
+    """`dvc exp run --temp` runs the stages in a copy under .dvc/tmp/exps: its MLflow run and
+    registry version still land in the project's mlflow.db, not in the throwaway copy."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{reproduced}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = "ganforge-digits-dcgan"
+    versions_before = len(client.search_model_versions(f"name = '{name}'"))
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "--temp",
+            "-S",
+            "train.steps=120",
+            "-S",
+            "train.seed=5",
+        ],
+        reproduced,
+    )
+    exp = client.get_experiment_by_name("ganforge-digits")
+    runs = client.search_runs([exp.experiment_id], filter_string="params.`train.steps` = '120'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].info.artifact_uri.startswith((reproduced / "mlruns").as_uri())
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == versions_before + 1
+    assert any(v.run_id == runs[0].info.run_id for v in versions)
+    assert not list((reproduced / ".dvc/tmp").rglob("mlflow.db"))
+
+
 # --------------------------------------------------------------------------- Prefect
 
 
@@ -187,8 +222,16 @@ def prefect_harness():
 def test_training_flow_runs_the_stages(reproduced, prefect_harness):
     from pipelines.flows import STAGES, training_flow
 
+    from prefect.artifacts import Artifact
+
     result = training_flow(repo=str(reproduced))
     assert list(result) == list(STAGES)
+    # the run's report: what it trained, the metrics and the promotion decision
+    artifact = Artifact.get("ganforge-training")
+    ev = json.loads((reproduced / "metrics/eval.json").read_text())
+    pr = json.loads((reproduced / "metrics/promote.json").read_text())
+    assert artifact is not None and artifact.type == "markdown"
+    assert f"| FID [95% interval] | {ev['fid']}" in artifact.data and pr["reason"] in artifact.data
 
 
 @pytest.mark.slow

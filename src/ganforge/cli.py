@@ -172,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue from the newest intact checkpoint"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="log lines (every tenth of the run) instead of a bar",
+    )
 
     p = _stage(
         sub,

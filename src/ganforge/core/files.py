@@ -126,3 +126,30 @@ def sha256_bytes(*blobs: bytes | memoryview) -> str:
     for b in blobs:
         h.update(b)
     return h.hexdigest()
+
+
+def details_path(metrics_path: str | Path) -> Path:
+    """Where the non-headline part of a metrics file goes: ``eval.json`` -> ``eval_details.json``."""
+    p = Path(metrics_path)
+    return p.with_name(f"{p.stem}_details{p.suffix}")
+
+
+def write_metrics(
+    metrics_path: str | Path, result: dict[str, Any], headline: tuple[str, ...]
+) -> None:
+    """The headline numbers to ``metrics_path`` (what ``dvc metrics show`` and ``dvc exp show``
+    tabulate), everything else (protocol, per-class tables, timings, provenance) to its
+    details file beside it."""
+    write_json(details_path(metrics_path), {k: v for k, v in result.items() if k not in headline})
+    write_json(metrics_path, {k: result[k] for k in headline if k in result})
+
+
+def read_metrics(metrics_path: str | Path) -> Any:
+    """A metrics file with its details file merged in (headline values win); JSON as stored."""
+    data = json.loads(Path(metrics_path).read_text())
+    details = details_path(metrics_path)
+    if isinstance(data, dict) and details.is_file():
+        extra = json.loads(details.read_text())
+        if isinstance(extra, dict):
+            data = {**extra, **data}
+    return data

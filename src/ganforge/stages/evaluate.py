@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ganforge.config import EvaluateParams, Params
 from ganforge.core.dataset import dataset_name, load_split
 from ganforge.core.device import resolve_device, to_unit_range
-from ganforge.core.files import atomic_dir, claim_dir, write_json
+from ganforge.core.files import atomic_dir, claim_dir, write_metrics
 from ganforge.core.grids import fixed_grid_inputs, save_grid, slerp
 from ganforge.errors import GanforgeError
 from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
@@ -59,6 +59,11 @@ from ganforge.metrics.scores import (
 from ganforge.models import load_generator
 
 log = logging.getLogger(__name__)
+
+
+# what metrics/eval.json holds (DVC's metrics table); the rest goes to eval_details.json
+HEADLINE = ("fid", "fid_ci95", "fid_floor", "fid_at_floor_samples", "kid_mean", "kid_std", "is_mean", "is_std",
+            "precision", "recall", "class_coverage", "kl_class", "mode_collapse", "label_accuracy")  # fmt: skip
 
 
 class EvaluationError(GanforgeError):
@@ -210,7 +215,8 @@ def evaluate(
     metrics_path: str | Path,
     reports_dir: str | Path,
 ) -> dict[str, Any]:
-    """Score the generator; write ``metrics_path`` (JSON) and the report images. Returns the metrics."""
+    """Score the generator; write ``metrics_path`` (the headline numbers), its ``_details``
+    file (protocol, per-class tables, timings) and the report images. Returns everything."""
     ep: EvaluateParams = params.evaluate
     claim_dir(reports_dir, "evaluate")  # before any work: never replace a user's folder
     device = resolve_device(ep.device, "evaluate.device")
@@ -301,5 +307,5 @@ def evaluate(
         "torch": torch.__version__,
     }
     metrics["timing_s"] = {k: round(v, 3) for k, v in timings.items()}
-    write_json(metrics_path, metrics)
+    write_metrics(metrics_path, metrics, HEADLINE)
     return metrics

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ganforge.config import Params
-from ganforge.core.files import OutputError, atomic_path, sha256_bytes, write_json
+from ganforge.core.files import OutputError, atomic_path, sha256_bytes, write_metrics
 from ganforge.core.runlog import RunLog, Untracked
 from ganforge.errors import GanforgeError
 from ganforge.models import load_generator
@@ -217,7 +217,7 @@ def export(
         "mlflow_run_id": run.run_id,
         "mlflow_model_uri": run.log_model(out_path),
     }
-    write_json(metrics_path, result)
+    write_metrics(metrics_path, result, ("parity_max_abs_diff", "parity_tolerance", "opset"))
     return result
 
 

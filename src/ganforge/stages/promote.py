@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganforge.core.files import write_json
+from ganforge.core.files import read_metrics, write_json
 from ganforge.errors import GanforgeError
 
 CHAMPION = "champion"
@@ -123,8 +123,8 @@ def _read_json(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise PromotionError(f"{path}: not found ({what}); run the earlier stages first")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = read_metrics(path)  # with its _details file: the protocol and provenance
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise PromotionError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise PromotionError(f"{path}: not a JSON object ({what})")

@@ -137,6 +137,56 @@ class _LossLog:
         )
 
 
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere (DVC, CI, a log file) a plain line at every tenth
+    of the run or every ``every_s`` seconds, whichever comes first:
+
+        ganforge train: INFO: step 1200/3000 (40%)  3,105 img/s  d_loss 1.234  g_loss 0.987  eta 58 s
+    """
+
+    def __init__(
+        self, model: str, device: str, start: int, total: int, bar: bool, every_s: float = 20.0
+    ):
+        self.start, self.total, self.every_s = start, total, every_s
+        self.t0 = self.last_t = time.perf_counter()
+        self.next_tenth = start + max(1, total // 10)
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=start, mininterval=1.0, unit="step", dynamic_ncols=True
+            )
+            self.bar.set_description(f"{model} {device}")
+
+    def update(self, step: int, last: dict[str, float] | None, rate: float) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if last:
+                self.bar.set_postfix(
+                    d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}", img_s=f"{rate:,.0f}"
+                )
+            return
+        now = time.perf_counter()
+        if not last or (
+            step < self.next_tenth and now - self.last_t < self.every_s and step != self.total
+        ):
+            return
+        while self.next_tenth <= step:
+            self.next_tenth += max(1, self.total // 10)
+        self.last_t = now
+        done = step - self.start
+        eta = (self.total - step) * (now - self.t0) / done if done else float("nan")
+        log.info(
+            "step %d/%d (%d%%)  %s img/s  d_loss %.3f  g_loss %.3f  eta %.0f s",
+            step, self.total, 100 * step // self.total, f"{rate:,.0f}", last["d_loss"], last["g_loss"], eta,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def work_dir(out_dir: str | Path, run_name: str) -> Path:
     """Where a run writes until it succeeds."""
     return Path(out_dir) / f".{run_name}.partial"
@@ -222,9 +272,8 @@ def train(
     ``tracker`` receives per-step losses, grids and FID (MLflow when the CLI opens a run);
     with a ``featurenet`` file, the FID of ``train.fid_samples`` EMA samples is measured at
     every sample grid (``fid_history.csv``): quality over training, next to the losses.
+    ``progress``: a tqdm bar (on a terminal); else a log line every tenth of the run.
     """
-    from tqdm import tqdm
-
     tracker = tracker or Untracked()
     tp = params.train
     device = resolve_device(tp.device)
@@ -257,18 +306,13 @@ def train(
     losses = _LossLog(trainer, history, run_dir)
     t_start, step0 = time.perf_counter(), trainer.step_count
 
-    bar = tqdm(total=tp.steps, initial=trainer.step_count, disable=not progress,
-               mininterval=1.0, unit="step", dynamic_ncols=True)  # fmt: skip
-    bar.set_description(f"{tp.model} {device.type}")
+    bar = _Progress(tp.model, device.type, trainer.step_count, tp.steps, progress)
     while trainer.step_count < tp.steps:
         losses.pending.append(trainer.step())
         step = trainer.step_count
-        bar.update(1)
         if step % tp.log_every == 0 or step == tp.steps:
             tracker.log_history(losses.flush())
-            last = history[-1]
-            bar.set_postfix(d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}",
-                            img_s=f"{losses.rate:,.0f}")  # fmt: skip
+            bar.update(step, history[-1], losses.rate)
         if step % tp.sample_every == 0 or step == tp.steps:
             grid_path = samples_dir / f"step_{step:08d}.png"
             save_grid(trainer.sample(z_fixed, y_fixed), grid_path, nrow)
