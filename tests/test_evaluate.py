@@ -112,7 +112,12 @@ def test_evaluate_end_to_end(tmp_path, digits_dir, digits_featurenet, digits_gen
         tmp_path / "eval.json",
         tmp_path / "rep",
     )
-    assert json.loads((tmp_path / "eval.json").read_text()) == m
+    headline = json.loads((tmp_path / "eval.json").read_text())
+    details = json.loads((tmp_path / "eval_details.json").read_text())
+    assert {**details, **headline} == m and "protocol" in details and "protocol" not in headline
+    assert all(
+        isinstance(v, (int, float, list, type(None))) for v in headline.values()
+    )  # a metrics table
     assert m["fid_ci95"][0] <= m["fid"] <= m["fid_ci95"][1]
     assert 0 < m["fid_floor"] < 2  # two real halves: small and positive
     assert (
@@ -131,7 +136,7 @@ def test_evaluate_end_to_end(tmp_path, digits_dir, digits_featurenet, digits_gen
     proto = m["protocol"]
     assert (proto["num_generated"], proto["num_real"], proto["floor_samples"]) == (600, 600, 600)
     assert proto["featurenet_sha256"] and proto["generator_sha256"] and proto["seed"] == 0
-    assert any("unstable" in w for w in m["warnings"])  # 600 < stable_samples
+    assert any("less stable" in w and "KID" not in w for w in m["warnings"])  # 600 < stable_samples
     assert (tmp_path / "rep/samples.png").is_file() and (
         tmp_path / "rep/interpolation.png"
     ).is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -29,8 +30,13 @@ def test_every_family_exports_with_parity(tmp_path, digits_dir, family):
     assert result["parity_max_abs_diff"] <= 1e-4 and result["parity_tolerance"] == 1e-4
     assert result["conditional"] == VARIANTS[family].conditional
     assert set(result["parity_per_batch"]) == {"1", "64"}
+    headline = json.loads((tmp_path / "export.json").read_text())
+    details = json.loads((tmp_path / "export_details.json").read_text())
+    assert set(headline) == {"parity_max_abs_diff", "parity_tolerance", "opset"}
     assert (
-        json.loads((tmp_path / "export.json").read_text())["onnx_sha256"] == result["onnx_sha256"]
+        details["onnx_sha256"]
+        == result["onnx_sha256"]
+        == hashlib.sha256((tmp_path / "g.onnx").read_bytes()).hexdigest()
     )
 
     model = onnx.load(tmp_path / "g.onnx")

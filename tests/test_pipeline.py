@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from ganforge.core.files import read_metrics
+
 from .conftest import make_project, project_env
 
 
@@ -140,8 +142,8 @@ def test_sngan_through_the_unchanged_pipeline(tmp_path):
         tmp_path, train={"model": "sngan", "steps": 300, "beta1": 0.0, "beta2": 0.9}
     )
     run([sys.executable, "-m", "dvc", "repro"], project)
-    ev = json.loads((project / "metrics/eval.json").read_text())
-    ex = json.loads((project / "metrics/export.json").read_text())
+    ev = read_metrics(project / "metrics/eval.json")
+    ex = read_metrics(project / "metrics/export.json")
     pr = json.loads((project / "metrics/promote.json").read_text())
     assert ev["protocol"]["generator_family"] == "sngan" and ev["fid"] > ev["fid_floor"]
     assert ex["family"] == "sngan" and ex["parity_max_abs_diff"] <= 1e-4
@@ -221,7 +223,6 @@ def prefect_harness():
 @pytest.mark.slow
 def test_training_flow_runs_the_stages(reproduced, prefect_harness):
     from pipelines.flows import STAGES, training_flow
-
     from prefect.artifacts import Artifact
 
     result = training_flow(repo=str(reproduced))

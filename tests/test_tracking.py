@@ -102,6 +102,7 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
 
     from mlflow.tracking import MlflowClient
 
+    from ganforge.core.files import read_metrics
     from ganforge.stages.promote import promote
 
     from .conftest import make_project, project_env, tiny_params
@@ -119,7 +120,7 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    ev = json.loads((project / "metrics/eval.json").read_text())
+    ev = read_metrics(project / "metrics/eval.json")
     pr = json.loads((project / "metrics/promote.json").read_text())
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)  # REST
     name = "ganforge-digits-dcgan"
@@ -136,7 +137,7 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
         """Another generator (its own sha256) with the given FID, sharing the logged model."""
         d = tmp_path / tag
         d.mkdir()
-        ex = json.loads((project / "metrics/export.json").read_text())
+        ex = read_metrics(project / "metrics/export.json")
         (d / "export.json").write_text(json.dumps({**ex, "generator_sha256": f"{tag}-sha"}))
         protocol = {**ev["protocol"], "generator_sha256": f"{tag}-sha"}
         (d / "eval.json").write_text(

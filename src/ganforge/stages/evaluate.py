@@ -172,9 +172,10 @@ def _warnings(ep: EvaluateParams, n: int) -> list[str]:
     notes = []
     if n < ep.stable_samples:
         notes.append(
-            f"FID from {n} images per side is biased upward and unstable "
-            f"(evaluate.stable_samples = {ep.stable_samples}); compare models by KID, which is unbiased, "
-            "and read FID against fid_floor"
+            f"FID from {n} images per side is biased upward and less stable "
+            f"(evaluate.stable_samples = {ep.stable_samples}); promotion still compares FID, by its 95% "
+            "interval (which widens with few images, so a small-sample candidate wins only by a clear "
+            "margin) and only between models evaluated on the same data; read it against fid_floor"
         )
     for note in notes:
         log.warning(note)

@@ -14,6 +14,7 @@ from ganforge.tracking.store import (
     TrackingError,
     _client,
     _first_line,
+    _mlflow,
     check_reachable,
     tracking_uri,
 )
@@ -101,6 +102,12 @@ class Registry:
                     ) from None
         str_tags = {k: str(v) for k, v in tags.items() if v is not None}
         model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else None
+        # the registry store resolves a logged model's URI through the process-wide tracking
+        # URI, not this client's: point it at this store (else, in a DVC temp copy, the
+        # default would be the copy's own empty store and the logged model "not found")
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
         mv = self._call(c.create_model_version, name, source, run_id=tags.get("run_id"),
                         tags=str_tags, model_id=model_id)  # fmt: skip
         return str(mv.version), {}
