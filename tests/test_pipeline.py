@@ -25,6 +25,29 @@ def run(cmd, project, timeout=900, check=True):
     return proc
 
 
+def dvc(project, *args: str):
+    return run([sys.executable, "-m", "dvc", *args], project)
+
+
+def generate(project, model: str, out) -> None:
+    """`ganforge generate` of 16 images from ``model`` in ``project``."""
+    run(
+        [
+            sys.executable,
+            "-m",
+            "ganforge",
+            "generate",
+            "--model",
+            model,
+            "-n",
+            "16",
+            "--out",
+            str(out),
+        ],
+        project,
+    )
+
+
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     """A project after one full `dvc repro` on the embedded digits."""
@@ -87,41 +110,22 @@ def test_generate_from_the_registry(reproduced, tmp_path):
         else f"models:/{pr['registered_model']}/1"
     )
     out = tmp_path / "grid.png"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "ganforge",
-            "generate",
-            "--model",
-            model,
-            "-n",
-            "16",
-            "--out",
-            str(out),
-        ],
-        reproduced,
-    )
+    generate(reproduced, model, str(out))
     assert out.stat().st_size > 500
 
 
 @pytest.mark.slow
 def test_exp_run_with_another_model(reproduced):
-    run(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "exp",
-            "run",
-            "-S",
-            "train.model=wgan-gp",
-            "-S",
-            "train.steps=60",
-            "-S",
-            "train.n_critic=2",
-        ],
+    dvc(
         reproduced,
+        "exp",
+        "run",
+        "-S",
+        "train.model=wgan-gp",
+        "-S",
+        "train.steps=60",
+        "-S",
+        "train.n_critic=2",
     )
     table = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], reproduced).stdout
     assert "wgan-gp" in table and '"fid"' in table
@@ -149,21 +153,7 @@ def test_sngan_through_the_unchanged_pipeline(tmp_path):
     assert ex["family"] == "sngan" and ex["parity_max_abs_diff"] <= 1e-4
     assert pr["registered_model"] == "ganforge-digits-sngan" and pr["version"] == "1"
     out = project / "grid.png"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "ganforge",
-            "generate",
-            "--model",
-            "exported/main.onnx",
-            "-n",
-            "16",
-            "--out",
-            str(out),
-        ],
-        project,
-    )
+    generate(project, "exported/main.onnx", str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = TestClient(create_app(str(project / "exported/main.onnx")))
     assert client.get("/model").json()["family"] == "sngan"
@@ -181,21 +171,7 @@ def test_temp_experiment_records_into_the_project_store(reproduced):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = "ganforge-digits-dcgan"
     versions_before = len(client.search_model_versions(f"name = '{name}'"))
-    run(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "exp",
-            "run",
-            "--temp",
-            "-S",
-            "train.steps=120",
-            "-S",
-            "train.seed=5",
-        ],
-        reproduced,
-    )
+    dvc(reproduced, "exp", "run", "--temp", "-S", "train.steps=120", "-S", "train.seed=5")
     exp = client.get_experiment_by_name("ganforge-digits")
     runs = client.search_runs([exp.experiment_id], filter_string="params.`train.steps` = '120'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
