@@ -26,9 +26,8 @@ test: $(STAMP) ## the whole test suite, slow end-to-end tests included
 test-fast: $(STAMP) ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
 
-compare: $(STAMP) ## experiments side by side: params that differ and the headline metrics
-	$(BIN)/dvc exp show --no-pager --only-changed --drop 'Rev|State|Executor|dvc.lock|src/|data/|models/featurenet' \
-	  --drop 'fid_at_floor_samples|kid_std|is_std|kl_class|opset|holdout_accuracy|train_accuracy|min_accuracy|holdout_images|epochs|seconds|sha256|device'
+compare: $(STAMP) ## experiments side by side: the headline metrics and the params that matter most
+	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|Created|^fid$$|fid_ci95_(low|high)|fid_floor|kid_mean|^precision$$|^recall$$|class_coverage|mode_collapse|parity_max_abs_diff|train\.(model|steps|lr|seed)$$|prepare\.(name|source|image_size)$$'
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check src tests pipelines

@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 # what metrics/eval.json holds (DVC's metrics table); the rest goes to eval_details.json
-HEADLINE = ("fid", "fid_ci95", "fid_floor", "fid_at_floor_samples", "kid_mean", "kid_std", "is_mean", "is_std",
+HEADLINE = ("fid", "fid_ci95", "fid_ci95_low", "fid_ci95_high", "fid_floor", "fid_at_floor_samples", "kid_mean", "kid_std", "is_mean", "is_std",
             "precision", "recall", "class_coverage", "kl_class", "mode_collapse", "label_accuracy")  # fmt: skip
 
 
@@ -130,6 +130,8 @@ def _scores(
     return {
         "fid": _round(fid_value, 4),
         "fid_ci95": [_round(lo, 4), _round(hi, 4)],
+        "fid_ci95_low": _round(lo, 4),  # the same interval as two scalars: DVC tables show no lists
+        "fid_ci95_high": _round(hi, 4),
         "fid_floor": _round(fid(half_a, half_b) if m >= 2 else float("nan"), 4),
         "fid_at_floor_samples": _round(fid(half_a, fake_f[:m]) if m >= 2 else float("nan"), 4),
         "kid_mean": _round(kid_mean, 6),

@@ -206,7 +206,12 @@ def training_run(params, manifest: dict[str, Any]) -> Iterator[RunLog]:
         exp_id = (
             exp.experiment_id
             if exp
-            else client.create_experiment(name, artifact_location=default_artifact_location(uri))
+            # a model-training experiment: MLflow 3's UI opens it in its training-runs view
+            else client.create_experiment(
+                name,
+                artifact_location=default_artifact_location(uri),
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
         )
         run_id = client.create_run(exp_id, tags=tags).info.run_id
     except Exception as exc:
@@ -254,7 +259,6 @@ def log_evaluation(run: RunLog, metrics: dict[str, Any], metrics_path, reports_d
         k: v for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
     }  # fmt: skip
-    numbers["fid_ci95_low"], numbers["fid_ci95_high"] = metrics["fid_ci95"]
     if metrics.get("mode_collapse") is not None:
         numbers["mode_collapse"] = float(metrics["mode_collapse"])
     run.log_metrics({k: v for k, v in numbers.items() if v is not None})
