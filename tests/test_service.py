@@ -291,3 +291,15 @@ def test_registry_reloads_reuse_one_download_and_generate_leaves_none(
                           capture_output=True, text=True, env={**os.environ})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and set(Path(tempfile.gettempdir()).glob("ganforge-generate-*")) == before
+
+
+def test_a_registry_lookup_elsewhere_names_the_uri_and_creates_no_store(tmp_path):
+    """`ganforge generate --model models:/...` outside a project, without MLFLOW_TRACKING_URI:
+    one line naming the URI it tried and how to set it; no empty mlflow.db left behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-m", "ganforge", "generate", "--model", "models:/ganforge-digits-dcgan@champion",
+                           "--out", str(tmp_path / "g.png")], capture_output=True, text=True, cwd=tmp_path, env=env)  # fmt: skip
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in line and "MLFLOW_TRACKING_URI" in line
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "g.png").exists()
