@@ -13,7 +13,11 @@ it, scheduled runs would only pile up as Late; start it again to resume.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 from pathlib import Path
+
+from prefect.runner import Runner
 
 from ganforge.config import load_params
 from pipelines.flows import ROOT, retrain_flow
@@ -26,12 +30,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", help="deployment name (default: schedule.deployment)")
     args = ap.parse_args(argv)
     schedule = load_params(Path(args.repo) / "params.yaml").schedule
-    retrain_flow.serve(
-        name=args.name or schedule.deployment,
-        cron=args.cron or schedule.cron,
-        parameters={"repo": str(Path(args.repo).resolve())},
-        pause_on_shutdown=True,
+    name = args.name or schedule.deployment
+    runner = Runner(name=name, pause_on_shutdown=True)
+    runner.add_flow(retrain_flow, name=name, cron=args.cron or schedule.cron,
+                    parameters={"repo": str(Path(args.repo).resolve())})  # fmt: skip
+    # SIGTERM takes Ctrl-C's path: Prefect's own handler calls its async stop without
+    # awaiting it ("coroutine 'Runner.astop' was never awaited"); an interrupt shuts the
+    # runner down cleanly and still pauses the schedule.
+    runner.handle_sigterm = _interrupt
+    print(
+        f"serving deployment {retrain_flow.name}/{name}; Ctrl-C or SIGTERM stops it and pauses its schedule"
     )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.start())
+
+
+def _interrupt(*_args) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

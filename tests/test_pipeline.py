@@ -254,7 +254,7 @@ def test_scheduled_deployment_creates_runs(tmp_path):
         project = make_project(tmp_path / "project")
         served = subprocess.Popen(
             [sys.executable, "-m", "pipelines.schedule", "--repo", str(project)],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         import httpx
 
@@ -274,6 +274,14 @@ def test_scheduled_deployment_creates_runs(tmp_path):
             run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED")
             for run in runs
         )
+        # stopping the served deployment pauses its schedule, cleanly
+        served.terminate()
+        _, err = served.communicate(timeout=60)
+        assert served.returncode == 0 and "never awaited" not in err and "Traceback" not in err, (
+            err[-2000:]
+        )
+        dep = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()[0]
+        assert dep["name"] == "weekly-retrain" and dep["paused"] is True
     finally:
         if served is not None:
             stop(served)
