@@ -117,6 +117,18 @@ def _load_inputs(ep: EvaluateParams, data_dir, generator_path, featurenet_path, 
     return real_split, G, gmeta, extractor
 
 
+def _featurise(extractor, real_split, fake_images, n_real: int, rng_pool, device):
+    """Step 2: features of both sets, once. The real pool is taken in a seeded order: the first
+    ``n_real`` are compared with the generated set, the first 2m (two disjoint halves of m)
+    give the floor; only those are featurised. -> (m, used indices, real (max(n_real, 2m), F),
+    fake (N, F), fake logits (N, K)), on the CPU."""
+    m = min(n_real, len(real_split.images) // 2)
+    used = rng_pool.permutation(len(real_split.images))[: max(n_real, 2 * m)]
+    real_f, _ = extractor(to_unit_range(real_split.images[used], device))
+    fake_f, fake_logits = extractor(fake_images)
+    return m, used, real_f.cpu(), fake_f.cpu(), fake_logits.cpu()
+
+
 def _scores(
     ep: EvaluateParams, real_pool: Tensor, n_real: int, fake_f: Tensor, fake_logits, m: int
 ):
@@ -168,6 +180,39 @@ def _precision_recall(ep, manifest, real_f, fake_f, real_labels, fake_pred, n_pr
                 "generated": len(f_c),
             }
     return {"precision": _round(precision), "recall": _round(recall), "per_class": per_class}
+
+
+def _protocol(
+    ep, extractor, manifest, gmeta, generator_path, n_fake: int, n_real: int, m: int, device
+):
+    """How the numbers were made: counts, settings, feature space, generator and data, with
+    their checksums; recorded in every eval_details.json and as MLflow tags."""
+    return {
+        **extractor.record,
+        "num_generated": n_fake,
+        "num_real": n_real,
+        "real_split": ep.real_split,
+        "floor_samples": m,
+        "bootstrap_replicates": ep.bootstrap,
+        "kid_subsets": ep.kid_subsets,
+        "kid_subset_size": min(ep.kid_subset_size, n_real, n_fake),
+        "is_splits": ep.is_splits,
+        "pr_k": ep.pr_k,
+        "pr_samples": min(ep.pr_samples, n_real, n_fake),
+        "image_size": manifest["image_size"],
+        "channels": manifest["channels"],
+        "seed": ep.seed,
+        "generator": str(generator_path),
+        "generator_sha256": gmeta["sha256"],
+        "generator_family": gmeta["family"],
+        "generator_conditional": gmeta["conditional"],
+        "generator_step": gmeta["step"],
+        "generator_weights": "ema",
+        "dataset": dataset_name(manifest),
+        "data_sha256": manifest["content_sha256"],
+        "device": str(device),
+        "torch": torch.__version__,
+    }
 
 
 def _warnings(ep: EvaluateParams, n: int) -> list[str]:
@@ -246,15 +291,9 @@ def evaluate(
         torch.cuda.synchronize()
     timings["generate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    # real pool in a seeded order: the first n_real are compared with the generated set,
-    # the first 2m (two disjoint halves of m) give the floor; only those are featurised
-    m = min(n_real, len(real_split.images) // 2)
-    used = rng_pool.permutation(len(real_split.images))[: max(n_real, 2 * m)]
-    real_f_used, _ = extractor(
-        to_unit_range(real_split.images[used], device)
-    )  # (max(n_real, 2m), F)
-    fake_f, fake_logits = extractor(fake_images)
-    real_f_used, fake_f, fake_logits = real_f_used.cpu(), fake_f.cpu(), fake_logits.cpu()
+    m, used, real_f_used, fake_f, fake_logits = _featurise(
+        extractor, real_split, fake_images, n_real, rng_pool, device
+    )
     timings["features_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -283,32 +322,9 @@ def evaluate(
         write_reports(G, gmeta, manifest["num_classes"], ep, tmp, device)
     timings["reports_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
-    metrics["protocol"] = {
-        **extractor.record,
-        "num_generated": n_fake,
-        "num_real": n_real,
-        "real_split": ep.real_split,
-        "floor_samples": m,
-        "bootstrap_replicates": ep.bootstrap,
-        "kid_subsets": ep.kid_subsets,
-        "kid_subset_size": min(ep.kid_subset_size, n_real, n_fake),
-        "is_splits": ep.is_splits,
-        "pr_k": ep.pr_k,
-        "pr_samples": min(ep.pr_samples, n_real, n_fake),
-        "image_size": manifest["image_size"],
-        "channels": manifest["channels"],
-        "seed": ep.seed,
-        "generator": str(generator_path),
-        "generator_sha256": gmeta["sha256"],
-        "generator_family": gmeta["family"],
-        "generator_conditional": gmeta["conditional"],
-        "generator_step": gmeta["step"],
-        "generator_weights": "ema",
-        "dataset": dataset_name(manifest),
-        "data_sha256": manifest["content_sha256"],
-        "device": str(device),
-        "torch": torch.__version__,
-    }
+    metrics["protocol"] = _protocol(
+        ep, extractor, manifest, gmeta, generator_path, n_fake, n_real, m, device
+    )
     metrics["timing_s"] = {k: round(v, 3) for k, v in timings.items()}
     write_metrics(metrics_path, metrics, HEADLINE)
     return metrics
