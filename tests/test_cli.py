@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
 from ganforge import cli
@@ -25,8 +24,7 @@ def test_every_stage_has_a_handler_and_shows_its_defaults(capsys):
     }
     for name, p in sub.choices.items():
         assert p.get_default("handler") is getattr(cli, f"_{name}")
-    with pytest.raises(SystemExit):
-        parser.parse_args(["train", "--help"])
+    assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     assert f"(default: {cli.PREPARED_DIR})" in out and "--resume" in out
 
@@ -67,3 +65,14 @@ def test_a_stage_prints_its_result_as_json(tmp_path, capsys):
 def test_missing_params_file(tmp_path, capsys):
     assert cli.main(["featurenet", "--params", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: params file not found" in capsys.readouterr().err
+
+
+def test_usage_errors_are_one_line(capsys):
+    """argparse's own errors (an option where a value belongs, an unknown stage) keep the format."""
+    assert cli.main(["featurenet", "--set", "-x=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "ganforge featurenet: error: argument --set: expected one argument (see ganforge featurenet --help)"
+    ]
+    assert cli.main(["fly"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

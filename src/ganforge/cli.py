@@ -151,10 +151,16 @@ def _opt(p: argparse.ArgumentParser, flag: str, default: str | None, help: str =
     p.add_argument(flag, default=default, help=help + shown)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the stages' error format: one line, no usage block (sub-parsers inherit it)."""
+
+    def error(self, message: str):
+        line = " ".join(message.split())[:600]
+        self.exit(2, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ganforge", description="Train, judge and ship GAN image generators."
-    )
+    parser = _Parser(prog="ganforge", description="Train, judge and ship GAN image generators.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
@@ -243,7 +249,10 @@ def _error(stage: str, message: str, limit: int = 600) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=f"ganforge {args.stage}: %(levelname)s: %(message)s",
