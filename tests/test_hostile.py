@@ -29,7 +29,7 @@ from ganforge.core.files import OWNER_FILE
 
 from .conftest import ROOT, tiny_params
 
-EXAMPLES = 60
+EXAMPLES = int(os.environ.get("GANFORGE_HYPOTHESIS_EXAMPLES", "60"))  # more for a deeper sweep
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 KEYS = [f"{s}.{k}" for s, m in Params.model_fields.items() for k in m.annotation.model_fields]
 VALUES = st.one_of(
