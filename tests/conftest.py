@@ -70,7 +70,7 @@ def digits_featurenet(digits_dir, tmp_path_factory) -> Path:
     from ganforge.stages.featurenet import train_featurenet
 
     out = tmp_path_factory.mktemp("featurenet")
-    train_featurenet(tiny_params(featurenet={"epochs": 4}), digits_dir, out)
+    train_featurenet(tiny_params(featurenet={"steps": 50}), digits_dir, out)
     return out / "featurenet.pt"
 
 
@@ -123,7 +123,7 @@ def make_project(dest: Path, tiny: bool = True, **sections) -> Path:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     small = {
         "train": {"steps": 600, "g_width": 16, "d_width": 16, "sample_every": 300, "checkpoint_every": 300, "fid_samples": 200},
-        "featurenet": {"epochs": 5},
+        "featurenet": {"steps": 60},
         "evaluate": {"num_samples": 1000, "bootstrap": 50, "kid_subsets": 10, "pr_samples": 500},
         "schedule": {"retries": 0, "retry_delay_s": 0},
     }  # fmt: skip

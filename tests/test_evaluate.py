@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -211,32 +210,67 @@ def local_inception_weights(tmp_path_factory):
     return path
 
 
+def _digest(path) -> str:
+    from ganforge.core.files import sha256_file
+
+    return sha256_file(path)
+
+
+def test_inception_weights_with_another_digest_are_refused(local_inception_weights):
+    """The file is named like the FID weights but is not them: refused before any score."""
+    with pytest.raises(
+        ConfigError, match=r"not the expected 6726825d \(evaluate.inception_sha256\)"
+    ):
+        InceptionFeatures(str(local_inception_weights), torch.device("cpu"), batch=4)
+
+
 def test_inception_features_from_a_local_file(local_inception_weights):
-    ext = InceptionFeatures(str(local_inception_weights), torch.device("cpu"), batch=4)
+    digest = _digest(local_inception_weights)
+    ext = InceptionFeatures(str(local_inception_weights), torch.device("cpu"), 4, digest[:12])
     f, logits = ext(torch.rand(3, 1, 28, 28) * 2 - 1)
     assert f.shape == (3, 2048) and logits.shape == (3, 1008) and torch.isfinite(f).all()
-    assert ext.record["inception_sha256"]
+    assert ext.record["inception_sha256"] == digest
 
 
-def test_inception_evaluation_end_to_end(
+def test_inception_path_is_guarded_by_the_controls(
     tmp_path, digits_dir, digits_featurenet, digits_generator, local_inception_weights
 ):
-    params = tiny_params(
-        evaluate={
-            "features": "inception",
-            "inception_weights": str(local_inception_weights),
-            "num_samples": 12,
-            "bootstrap": 3,
-            "kid_subsets": 2,
-            "is_splits": 2,
-            "pr_samples": 12,
-        }
-    )
-    m = evaluate(
-        params, digits_dir, digits_generator, digits_featurenet, tmp_path / "e.json", tmp_path / "r"
-    )
-    assert m["protocol"]["features"] == "inception" and m["protocol"]["feature_dim"] == 2048
-    assert np.isfinite(m["fid"]) and m["mode_collapse"] is None
+    """The Inception space gets the same controls: with its weights (random here, no download)
+    it scores and judges collapse by recall; with every BatchNorm weight zero (a broken
+    download) all images map to one point and the stage refuses instead of scoring."""
+    broken = tmp_path / "broken-inception.pth"
+    state = torch.load(local_inception_weights, weights_only=True)
+    torch.save({k: v * 0 if k.endswith("bn.weight") else v for k, v in state.items()}, broken)
+    for weights in (local_inception_weights, broken):
+        params = tiny_params(
+            evaluate={
+                "features": "inception",
+                "inception_weights": str(weights),
+                "inception_sha256": _digest(weights),
+                "num_samples": 40,
+                "bootstrap": 3,
+                "kid_subsets": 2,
+                "kid_subset_size": 10,
+                "is_splits": 2,
+                "pr_samples": 20,
+            }
+        )
+        out = tmp_path / weights.stem
+        run = (params, digits_dir, digits_generator, digits_featurenet, out / "e.json", out / "r")
+        if weights == broken:
+            with pytest.raises(
+                EvaluationError, match=r"broken-inception.pth: feature space cannot"
+            ):
+                evaluate(*run)
+            assert not out.exists()  # nothing published
+            continue
+        m = evaluate(*run)
+        assert m["protocol"]["features"] == "inception" and m["protocol"]["feature_dim"] == 2048
+        c = m["negative_controls"]
+        assert (
+            min(c[k] for k in ("constant", "noise", "blurred", "shuffled")) >= 1.5 * c["floor"] > 0
+        )
+        assert m["mode_collapse_basis"] == "recall" and m["mode_collapse"] is not None
 
 
 def test_inception_offline_without_weights_names_the_file(tmp_path, monkeypatch):
@@ -254,11 +288,11 @@ def test_inception_weights_must_be_plain_tensors(tmp_path):
     bad = tmp_path / "evil.pth"
     torch.save({"x": _NotATensor()}, bad)  # loading it would need to run this module's code
     with pytest.raises(ConfigError, match="evil.pth is not a weights file"):
-        InceptionFeatures(str(bad), torch.device("cpu"), batch=4)
+        InceptionFeatures(str(bad), torch.device("cpu"), 4, _digest(bad))
     other = tmp_path / "other.pth"
     torch.save({"w": torch.zeros(2)}, other)
     with pytest.raises(ConfigError, match="not an FID InceptionV3 state dict"):
-        InceptionFeatures(str(other), torch.device("cpu"), batch=4)
+        InceptionFeatures(str(other), torch.device("cpu"), 4, _digest(other))
 
 
 @pytest.mark.slow

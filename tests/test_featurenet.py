@@ -30,7 +30,7 @@ def test_digits_accuracy_and_record(digits_featurenet):
 
 def test_untrained_network_fails_the_gate(tmp_path, digits_dir):
     """A network that has not learned (learning rate ~0) fails the auto gate (95% on digits)."""
-    params = tiny_params(featurenet={"epochs": 1, "lr": 1e-12})
+    params = tiny_params(featurenet={"steps": 10, "lr": 1e-12})
     with pytest.raises(
         FeatureNetError, match=r"held-out accuracy 0\.\d+ is below featurenet.min_accuracy 0.95"
     ):
@@ -60,38 +60,40 @@ def test_real_mnist_reaches_98_percent(tmp_path, mnist_dir):
 
 
 def test_same_data_and_seed_give_the_same_file(tmp_path, digits_dir):
-    params = tiny_params(featurenet={"epochs": 1, "min_accuracy": 0.0})
+    params = tiny_params(featurenet={"steps": 10, "min_accuracy": 0.0})
     a = train_featurenet(params, digits_dir, tmp_path / "a")
     b = train_featurenet(params, digits_dir, tmp_path / "b")
     assert a["sha256"] == b["sha256"]
 
 
-def test_auto_gate_refuses_data_without_a_measured_threshold(tmp_path):
-    """An image folder has no automatic accuracy gate: the stage says so instead of using 0."""
-    from PIL import Image
+def test_objective_and_gate_follow_the_data():
+    """auto: a classifier where ten classes with enough images teach it; hybrid for a few
+    classes; contrastive for one class or too few images; every source gets a gate."""
+    import numpy as np
 
-    from ganforge.config import parse_params
     from ganforge.errors import ConfigError
+    from ganforge.stages.featurenet import min_accuracy, resolve_objective
 
-    for cls in ("a", "b"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(6):
-            Image.new("L", (16, 16), 40 * i + (0 if cls == "a" else 20)).save(
-                tmp_path / "imgs" / cls / f"{i}.png"
-            )
-    raw = {
-        "prepare": {
-            "source": "imagefolder",
-            "path": str(tmp_path / "imgs"),
-            "holdout_fraction": 0.25,
-        }
-    }
-    prepare(parse_params(raw).prepare, tmp_path / "prep")
-    params = parse_params({**raw, "featurenet": {"epochs": 1}})
-    with pytest.raises(
-        ConfigError, match=r"featurenet.min_accuracy: auto has no threshold for imagefolder data"
-    ):
-        train_featurenet(params, tmp_path / "prep", tmp_path / "fn")
-    assert not (tmp_path / "fn").exists()
-    explicit = parse_params({**raw, "featurenet": {"epochs": 1, "min_accuracy": 0.0}})
-    assert train_featurenet(explicit, tmp_path / "prep", tmp_path / "fn")["min_accuracy"] == 0.0
+    ten = np.repeat(np.arange(10), 30)
+    assert resolve_objective("auto", ten, 10)[0] == "classifier"
+    assert resolve_objective("auto", np.repeat(np.arange(2), 30), 2)[0] == "hybrid"
+    assert resolve_objective("auto", np.zeros(300, dtype=np.int64), 1)[0] == "contrastive"
+    few = resolve_objective("auto", np.repeat(np.arange(2), 6), 2)
+    assert few == ("contrastive", "a class has 6 training images (< 20)")
+    with pytest.raises(ConfigError, match="featurenet.objective: classifier needs at least two"):
+        resolve_objective("classifier", np.zeros(10, dtype=np.int64), 1)
+    folder = {"source": "imagefolder", "params": {}, "num_classes": 2}
+    assert min_accuracy("auto", folder, "hybrid") == 0.875  # chance + 75% of the way to 1
+    assert min_accuracy("auto", {**folder, "num_classes": 10}, "classifier") == 0.775
+    assert min_accuracy("auto", folder, "contrastive", 0.2) == 0.6  # half-way from init to 1
+    assert min_accuracy("auto", {"source": "digits", "params": {}}, "classifier") == 0.95
+    assert min_accuracy(0.5, folder, "hybrid") == 0.5
+
+
+def test_steps_are_a_budget_in_optimiser_steps():
+    from ganforge.engine.featurenet import MAX_STEPS, MIN_STEPS, resolve_steps
+
+    assert resolve_steps("auto", 270, 128) == MIN_STEPS  # a small folder still gets real training
+    assert resolve_steps("auto", 9000, 128) == 563  # 8 passes over MNIST's training split
+    assert resolve_steps("auto", 10**7, 128) == MAX_STEPS
+    assert resolve_steps(7, 10**7, 128) == 7

@@ -214,7 +214,7 @@ def test_generated_manifests_and_splits(edit, npz, prepared, params_path, capsys
         (data / "manifest.json").write_text(json.dumps(manifest))
         out = owned_output(Path(d) / "fn", "featurenet")
         before = snapshot(out)
-        argv = ["featurenet", "--params", str(params_path), "--set", "featurenet.epochs=1",
+        argv = ["featurenet", "--params", str(params_path), "--set", "featurenet.steps=5",
                 "--data", str(data), "--out", str(out)]  # fmt: skip
         rc, lines, err = invoke(argv, capsys)
         if rc != 0:

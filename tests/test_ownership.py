@@ -70,7 +70,7 @@ def test_train_featurenet_evaluate_and_export_refuse_foreign_outputs(
 
     before = user_folder(tmp_path / "fn")
     with pytest.raises(OutputError, match="fn: exists"):
-        train_featurenet(tiny_params(featurenet={"epochs": 1}), digits_dir, tmp_path / "fn")
+        train_featurenet(tiny_params(featurenet={"steps": 5}), digits_dir, tmp_path / "fn")
     assert unchanged(tmp_path / "fn", before)
 
     before = user_folder(tmp_path / "reports")

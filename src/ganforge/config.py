@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -115,27 +115,23 @@ TrainParams = create_model("TrainParams", __base__=_TrainCommon, **all_settings(
 
 
 class FeaturenetParams(_Section):
-    epochs: int = Field(8, ge=1, le=1000)
+    objective: Literal["auto", "classifier", "contrastive", "hybrid"] = "auto"
+    steps: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = "auto"
     batch_size: int = Field(128, ge=1, le=65536)
     lr: float = Field(3e-3, gt=0.0, le=1.0)
     width: int = Field(32, ge=4, le=512)
     feature_dim: int = Field(128, ge=2, le=4096)
     max_shift: int = Field(2, ge=0, le=8)
-    min_accuracy: float | Literal["auto"] = "auto"
+    hflip: bool = False
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = "auto"
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     seed: int = Field(0, ge=0, le=SEED_MAX)
-
-    @field_validator("min_accuracy")
-    @classmethod
-    def _fraction(cls, v: float | str) -> float | str:
-        if v != "auto" and not 0.0 <= v <= 1.0:
-            raise ValueError("must be auto or a fraction in [0, 1]")
-        return v
 
 
 class EvaluateParams(_Section):
     features: Literal["featurenet", "inception"] = "featurenet"
     inception_weights: str = ""
+    inception_sha256: str = Field("6726825d", pattern=r"^[0-9a-f]{8,64}$")
     num_samples: int = Field(10000, ge=2, le=1_000_000)
     real_split: Literal["train", "holdout"] = "train"
     batch_size: int = Field(500, ge=1, le=65536)
@@ -146,6 +142,10 @@ class EvaluateParams(_Section):
     stable_samples: int = Field(5000, ge=2, le=1_000_000)
     coverage_threshold: float = Field(0.5, gt=0.0, le=1.0)
     kl_threshold: float = Field(0.2, gt=0.0, le=100.0)
+    control_ratio: float = Field(1.5, ge=1.0, le=1000.0)
+    control_samples: int = Field(1000, ge=2, le=100_000)
+    collapse_min_class_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    min_recall: float = Field(0.2, ge=0.0, le=1.0)
     pr_k: int = Field(3, ge=1, le=100)
     pr_samples: int = Field(5000, ge=2, le=100_000)
     interpolation_steps: int = Field(10, ge=2, le=64)
@@ -201,9 +201,7 @@ class Params(_Section):
         allowed = VARIANTS[self.train.model].image_sizes
         size = self.prepare.image_size
         if size not in allowed:
-            shown = (
-                f"{allowed[0]}..{allowed[-1]}" if len(allowed) > 8 else ", ".join(map(str, allowed))
-            )
+            shown = f"{allowed[0]}..{allowed[-1]}" if len(allowed) > 8 else ", ".join(map(str, allowed))  # fmt: skip
             raise ValueError(
                 f"prepare.image_size: {size} px is not supported by train.model={self.train.model} "
                 f"(allowed: {shown})"
@@ -212,11 +210,8 @@ class Params(_Section):
 
     def flat(self) -> dict[str, Any]:
         """``{"train.lr": 0.0002, ...}``: the names used for tracked params."""
-        return {
-            f"{section}.{key}": value
-            for section, values in self.model_dump().items()
-            for key, value in values.items()
-        }
+        dump = self.model_dump()
+        return {f"{sec}.{key}": value for sec, values in dump.items() for key, value in values.items()}  # fmt: skip
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -229,9 +224,7 @@ class _StrictLoader(yaml.SafeLoader):
             raise _ParamsYamlError(f"YAML aliases are not allowed in params (line {mark.line + 1})")
         event = self.peek_event()
         if getattr(event, "anchor", None):
-            raise _ParamsYamlError(
-                f"YAML anchors are not allowed in params (line {event.start_mark.line + 1})"
-            )
+            raise _ParamsYamlError(f"YAML anchors are not allowed in params (line {event.start_mark.line + 1})")  # fmt: skip
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
@@ -270,9 +263,7 @@ def _yaml(text: str, where: str) -> Any:
 
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
-    return (
-        text if len(text) <= limit else text[: limit - 5] + "...'" * isinstance(value, str) + "..."
-    )
+    return text if len(text) <= limit else text[: limit - 5] + "...'" * isinstance(value, str) + "..."  # fmt: skip
 
 
 def _format_error(
@@ -280,9 +271,10 @@ def _format_error(
 ) -> str:
     """One part per problem, ``source: section.key: what is wrong (got X)``; a key set with
     ``--set`` is named as ``--set section.key``, so the user knows where the value came from."""
-    parts = []
+    parts: list[str] = []
+    seen: dict[str, int] = {}  # a union's branches (auto | a number) report one key once
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = ".".join(str(p) for p in e["loc"] if not _union_branch(p))
         origin = "--set" if ".".join(str(p) for p in e["loc"][:2]) in overridden else f"{source}:"
         if e["type"] == "extra_forbidden":
             section_model = _model_at(e["loc"][:-1])
@@ -295,8 +287,18 @@ def _format_error(
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {_short(got)})"
+            if loc in seen:  # "Input should be 'auto'" joins the number branch's message
+                first = parts[seen[loc]].replace(got_s, "")
+                parts[seen[loc]] = f"{first}, or {msg[0].lower()}{msg[1:]}{got_s}"
+                continue
+            seen[loc] = len(parts)
             parts.append(f"{origin} {loc or 'params'}: {msg}{got_s}")
     return "; ".join(parts)
+
+
+def _union_branch(part: Any) -> bool:
+    """pydantic's name for one branch of a union type in an error location."""
+    return isinstance(part, str) and part.startswith(("literal[", "constrained-"))
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

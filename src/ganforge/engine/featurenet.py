@@ -1,14 +1,47 @@
-"""Training the domain feature network (a classifier) on uint8 images; no file I/O."""
+"""Training the domain feature network on uint8 images, and measuring it; no file I/O.
+
+Two objectives (``featurenet.objective``):
+
+- ``classifier``: cross-entropy on the class labels (AdamW, one-cycle schedule, label
+  smoothing, random shifts). Its logits give IS and the class histogram.
+- ``contrastive``: for data whose labels cannot teach it (one class, or too few images per
+  class): SimCLR's NT-Xent loss (Chen et al. 2020) on two augmented views of each image,
+  through a projection head that is dropped afterwards; the features are the layer below
+  it, as in the paper. Its logits mean nothing (no classes): scores that need classes are
+  not computed in its space.
+- ``hybrid``: both losses, summed: class labels that carry little (two or three classes)
+  teach features that tell the classes apart and nothing else; the contrastive term keeps
+  what makes each image itself.
+
+Both run a fixed number of optimiser steps (``resolve_steps``): epochs would give a
+300-image folder a handful of steps and a network that has not moved from its init.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ganforge.core.device import to_unit_range
 from ganforge.metrics.featurenet import FeatureNet
+
+# optimiser steps when featurenet.steps is auto: 8 passes over the data, but never fewer than
+# MIN_STEPS (measured: on a 270-image two-class colour folder 16 steps left held-out accuracy
+# at chance, 300 reach 1.0) and never more than MAX_STEPS (MNIST's 9,000 images need ~560)
+PASSES, MIN_STEPS, MAX_STEPS = 8, 300, 4000
+# the contrastive objective's temperature and projection size (SimCLR's defaults at small batch)
+TEMPERATURE, PROJECTION_DIM = 0.2, 64
+
+
+def resolve_steps(setting: int | str, n_images: int, batch_size: int) -> int:
+    """Optimiser steps for ``featurenet.steps`` (auto: see PASSES, MIN_STEPS, MAX_STEPS)."""
+    if setting != "auto":
+        return int(setting)
+    return min(MAX_STEPS, max(MIN_STEPS, math.ceil(PASSES * n_images / batch_size)))
 
 
 def random_shift(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
@@ -24,49 +57,135 @@ def random_shift(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
     return padded[idx_n, idx_c, rows, cols]
 
 
-def fit_classifier(
+def augment(
+    x: Tensor, gen: torch.Generator, *, max_shift: int, hflip: bool, jitter: float = 0.0
+) -> Tensor:
+    """(N, C, S, S) in [-1, 1] -> a random view: shift, optional mirror, and with ``jitter``
+    > 0 per-image brightness (+-jitter) and contrast (x 1 +- jitter), clamped to [-1, 1]."""
+    if max_shift:
+        x = random_shift(x, max_shift, gen)
+    n = len(x)
+
+    def uniform(lo: float, hi: float) -> Tensor:  # (N, 1, 1, 1)
+        u = torch.rand(n, 1, 1, 1, generator=gen, device=gen.device).to(x.device)
+        return lo + (hi - lo) * u
+
+    if hflip:
+        x = torch.where(uniform(0, 1) < 0.5, x.flip(-1), x)
+    if jitter:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * uniform(1 - jitter, 1 + jitter) + mean + uniform(-jitter, jitter)
+        x = x.clamp(-1, 1)
+    return x
+
+
+def nt_xent(a: Tensor, b: Tensor, temperature: float = TEMPERATURE) -> Tensor:
+    """SimCLR's loss for projections a, b (N, D) of two views of the same N images."""
+    z = F.normalize(torch.cat([a, b]), dim=1)  # (2N, D)
+    sim = z @ z.T / temperature  # (2N, 2N) cosine similarities
+    sim.fill_diagonal_(float("-inf"))  # an image is not its own positive
+    n = len(a)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(a.device)
+    return F.cross_entropy(sim, target)
+
+
+def fit_featurenet(
     net: FeatureNet,
     images: np.ndarray,
     labels: np.ndarray,
     *,
-    epochs: int,
+    objective: str,
+    steps: int,
     batch_size: int,
     lr: float,
     max_shift: int,
+    hflip: bool,
     seed: int,
     device: torch.device,
 ) -> None:
-    """AdamW with a one-cycle schedule, label smoothing and random shifts; trains in place."""
+    """Train ``net`` in place for ``steps`` optimiser steps with ``objective``."""
     gen = torch.Generator(device=device).manual_seed(seed)
     x_all = to_unit_range(images, device)  # (N, C, S, S) in [-1, 1]
     y_all = torch.as_tensor(labels, device=device)
     n = len(x_all)
-    steps_per_epoch = max(1, n // batch_size)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * steps_per_epoch
-    )
-    for _epoch in range(epochs):
-        net.train()
-        perm = torch.randperm(n, generator=gen, device=device)
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            x = random_shift(x_all[idx], max_shift, gen) if max_shift else x_all[idx]
+    batch = min(batch_size, n)
+    head: nn.Module | None = None
+    params = list(net.parameters())
+    if objective in ("contrastive", "hybrid"):
+        fd = net.num_features
+        head = nn.Sequential(nn.Linear(fd, fd), nn.ReLU(), nn.Linear(fd, PROJECTION_DIM))
+        head.to(device)
+        params += list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    net.train()
+    perm, pos = torch.randperm(n, generator=gen, device=device), 0
+    for _step in range(steps):
+        if pos + batch > n:  # a new pass: every image once per pass, in a fresh order
+            perm, pos = torch.randperm(n, generator=gen, device=device), 0
+        idx = perm[pos : pos + batch]
+        pos += batch
+        loss = torch.zeros((), device=device)
+        if objective in ("classifier", "hybrid"):
+            x = augment(x_all[idx], gen, max_shift=max_shift, hflip=hflip)
             loss = F.cross_entropy(net(x), y_all[idx], label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        if head is not None:  # two views with stronger augmentation: shift x2, colour jitter
+            views = [
+                augment(x_all[idx], gen, max_shift=2 * max_shift or 2, hflip=hflip, jitter=0.3)
+                for _ in range(2)
+            ]
+            loss = loss + nt_xent(head(net.features(views[0])), head(net.features(views[1])))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
 
 
 @torch.no_grad()
-def accuracy(
-    net: FeatureNet, images: np.ndarray, labels: np.ndarray, device: torch.device, batch: int = 1000
-) -> float:
-    """Share of ``images`` (uint8) classified as ``labels``."""
+def predictions(net: FeatureNet, images: np.ndarray, device: torch.device, batch: int = 1000):
+    """Predicted class of each of ``images`` (uint8) -> (N,) int64 on the CPU."""
     net.eval()
-    correct = 0
-    for i in range(0, len(images), batch):
-        logits = net(to_unit_range(images[i : i + batch], device))
-        correct += int((logits.argmax(1).cpu() == torch.as_tensor(labels[i : i + batch])).sum())
-    return correct / len(images)
+    out = [
+        net(to_unit_range(images[i : i + batch], device)).argmax(1).cpu()
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(net: FeatureNet, images: np.ndarray, labels: np.ndarray, device) -> float:
+    """Share of ``images`` (uint8) classified as ``labels``."""
+    return float((predictions(net, images, device) == torch.as_tensor(labels)).float().mean())
+
+
+def class_accuracy(
+    net: FeatureNet, images: np.ndarray, labels: np.ndarray, num_classes: int, device
+) -> list[float | None]:
+    """Held-out accuracy per class (None for a class with no held-out image)."""
+    pred, truth = predictions(net, images, device), torch.as_tensor(labels)
+    out: list[float | None] = []
+    for c in range(num_classes):
+        mask = truth == c
+        out.append(float((pred[mask] == c).float().mean()) if mask.any() else None)
+    return out
+
+
+@torch.no_grad()
+def retrieval_accuracy(
+    net: FeatureNet, images: np.ndarray, *, max_shift: int, hflip: bool, seed: int, device
+) -> float:
+    """How often an augmented view's nearest neighbour (cosine, in feature space) among the
+    other views of ``images`` is a view of the same image: the contrastive objective's
+    held-out check (1/N for features that ignore the image)."""
+    net.eval()
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    x = to_unit_range(images, device)
+    views = [
+        F.normalize(
+            net.features(augment(x, gen, max_shift=2 * max_shift or 2, hflip=hflip, jitter=0.3)),
+            dim=1,
+        )
+        for _ in range(2)
+    ]
+    nearest = (views[0] @ views[1].T).argmax(1)  # (N,)
+    return float((nearest.cpu() == torch.arange(len(images))).float().mean())

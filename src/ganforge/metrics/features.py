@@ -37,6 +37,8 @@ class FeatureExtractor:
 
     name: str
     record: dict[str, Any]
+    classes: bool = False  # whether the logits are the data's own classes
+    logits_meaningful: bool = True  # whether IS can be computed on the logits
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -47,11 +49,17 @@ class DomainFeatures(FeatureExtractor):
         self.net, meta = load_featurenet(path, device)
         self.device, self.batch = device, batch
         self.name = "featurenet"
+        objective = meta.get("objective", "classifier")  # files before objectives: classifiers
+        # the logits are the data's classes only for a classifier
+        self.classes = self.logits_meaningful = objective in ("classifier", "hybrid")
+        self.class_accuracy: dict[str, float | None] = meta.get("holdout_class_accuracy", {})
         self.record = {
             "features": "featurenet",
             "featurenet": str(path),
             "featurenet_sha256": meta["sha256"],
+            "featurenet_objective": objective,
             "featurenet_holdout_accuracy": meta["holdout_accuracy"],
+            "featurenet_holdout_class_accuracy": self.class_accuracy,
             "feature_dim": meta["kwargs"]["feature_dim"],
         }
         self.meta = meta
@@ -91,7 +99,9 @@ class InceptionFeatures(FeatureExtractor):
     2048-d pool features and the 1008-way unbiased logits; grey images are repeated to RGB.
     """
 
-    def __init__(self, weights: str, device: torch.device, batch: int) -> None:
+    def __init__(
+        self, weights: str, device: torch.device, batch: int, expected_sha256: str = "6726825d"
+    ) -> None:
         import tempfile
 
         try:
@@ -109,6 +119,13 @@ class InceptionFeatures(FeatureExtractor):
             raise ConfigError(
                 f"evaluate.inception_weights: no Inception weights and offline; supply {INCEPTION_FILE} "
                 f"(torch-fidelity's FID InceptionV3) as evaluate.inception_weights or put it in {hub}"
+            )
+        digest = sha256_file(source) if source is not None else None
+        if digest is not None and not digest.startswith(expected_sha256):
+            raise ConfigError(
+                f"evaluate.inception_weights: {source} has sha256 {digest[:16]}..., not the expected "
+                f"{expected_sha256} (evaluate.inception_sha256): not the FID Inception weights; "
+                "scores in another network's space are not FID"
             )
         with tempfile.TemporaryDirectory() as tmp:
             weights_path = None
@@ -132,7 +149,7 @@ class InceptionFeatures(FeatureExtractor):
         self.record = {
             "features": "inception",
             "inception_weights": str(source) if source else "downloaded by torch-fidelity",
-            "inception_sha256": sha256_file(source) if source else None,
+            "inception_sha256": digest,
             "feature_dim": 2048,
         }
 

@@ -18,9 +18,21 @@ Protocol (every number in ``eval.json`` comes with it under ``protocol``):
 5. ``fid_floor``: FID between two disjoint halves of the real pool, each of ``m`` images;
    ``fid_at_floor_samples`` is the model's FID at the same ``m``, so the two compare
    like with like. A model cannot be told from real data when they overlap.
-6. Mode collapse: the generated class histogram (feature-network argmax) against the
-   real one: ``class_coverage`` and ``kl_class``, and the ``mode_collapse`` flag with
-   ``mode_collapse_rule`` written beside it.
+   Negative controls (``ganforge.metrics.controls``: flat colour, noise, blurred and
+   tile-shuffled real images) are scored against the same real half; the stage fails,
+   publishing nothing, when the floor is not above zero or a control scores under
+   ``evaluate.control_ratio`` x the floor: such a feature space cannot rank generators.
+   A model whose FID at the floor's sample count is at or under the floor, or whose KID's
+   interval lies below zero, gets ``separable: false`` ("feature space cannot separate
+   these sets"), never a good-model reading; promotion refuses it.
+6. Mode collapse, on the basis the feature space supports (``mode_collapse_basis``):
+   - ``class histogram``: with a classifier feature network whose held-out accuracy is at
+     least ``evaluate.collapse_min_class_accuracy`` in every class, the generated class
+     histogram (argmax) against the real one: ``class_coverage``, ``kl_class``;
+   - ``not assessed``: a classifier that recognises some class less well than that: the
+     verdict is null and the reason is in ``mode_collapse_rule`` (promotion refuses);
+   - ``recall``: a space without the data's classes (contrastive feature network,
+     Inception): collapsed when recall (step 7) is under ``evaluate.min_recall``.
 7. Precision/recall in feature space with k-NN manifolds (Kynkaanniemi et al. 2019),
    overall and per class.
 
@@ -46,24 +58,24 @@ from ganforge.core.device import resolve_device, to_unit_range
 from ganforge.core.files import atomic_dir, claim_dir, write_metrics
 from ganforge.core.grids import fixed_grid_inputs, save_grid, slerp
 from ganforge.errors import GanforgeError
+from ganforge.metrics.controls import FeatureSpaceError, check_controls, score_controls
 from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
 from ganforge.metrics.scores import (
-    class_histogram,
     fid,
     fid_bootstrap,
     inception_score,
     kid,
-    mode_collapse,
     precision_recall,
 )
+from ganforge.metrics.verdicts import class_verdict, recall_verdict
 from ganforge.models import load_generator
 
 log = logging.getLogger(__name__)
 
 
 # what metrics/eval.json holds (DVC's metrics table); the rest goes to eval_details.json
-HEADLINE = ("fid", "fid_ci95", "fid_ci95_low", "fid_ci95_high", "fid_floor", "fid_at_floor_samples", "kid_mean", "kid_std", "is_mean", "is_std",
-            "precision", "recall", "class_coverage", "kl_class", "mode_collapse", "label_accuracy")  # fmt: skip
+HEADLINE = ("fid", "fid_ci95", "fid_ci95_low", "fid_ci95_high", "fid_floor", "fid_at_floor_samples", "separable", "kid_mean", "kid_std",
+            "is_mean", "is_std", "precision", "recall", "class_coverage", "kl_class", "mode_collapse", "label_accuracy")  # fmt: skip
 
 
 class EvaluationError(GanforgeError):
@@ -113,7 +125,9 @@ def _load_inputs(ep: EvaluateParams, data_dir, generator_path, featurenet_path, 
                 f"{featurenet_path}: trained on other data than {data_dir}; rerun `ganforge featurenet`"
             )
     else:
-        extractor = InceptionFeatures(ep.inception_weights, device, ep.batch_size)
+        extractor = InceptionFeatures(
+            ep.inception_weights, device, ep.batch_size, ep.inception_sha256
+        )
     return real_split, G, gmeta, extractor
 
 
@@ -131,21 +145,34 @@ def _featurise(extractor, real_split, fake_images, n_real: int, rng_pool, device
 
 def _scores(
     ep: EvaluateParams, real_pool: Tensor, n_real: int, fake_f: Tensor, fake_logits, m: int
-):
+):  # fake_logits None: the feature space has no meaningful logits (no IS)
     """Steps 3-5: FID of the first n_real real features with its interval, the floor on two
     disjoint halves of m, the model's FID at m, KID and IS."""
     real_f, half_a, half_b = real_pool[:n_real], real_pool[:m], real_pool[m : 2 * m]
     fid_value = fid(real_f, fake_f)
     lo, hi = fid_bootstrap(real_f, fake_f, ep.bootstrap, ep.seed)
     kid_mean, kid_std = kid(real_f, fake_f, ep.kid_subsets, ep.kid_subset_size, ep.seed)
-    is_mean, is_std = inception_score(fake_logits, ep.is_splits, ep.seed)
+    is_mean, is_std = (
+        inception_score(fake_logits, ep.is_splits, ep.seed)
+        if fake_logits is not None
+        else (None, None)
+    )
+    floor = fid(half_a, half_b) if m >= 2 else float("nan")
+    at_floor = fid(half_a, fake_f[:m]) if m >= 2 else float("nan")
+    # at or under the floor, or KID's interval below zero: this space cannot tell them apart
+    separable = not (at_floor <= floor or kid_mean + 1.96 * kid_std < 0)
     return {
         "fid": _round(fid_value, 4),
         "fid_ci95": [_round(lo, 4), _round(hi, 4)],
         "fid_ci95_low": _round(lo, 4),  # the same interval as two scalars: DVC tables show no lists
         "fid_ci95_high": _round(hi, 4),
-        "fid_floor": _round(fid(half_a, half_b) if m >= 2 else float("nan"), 4),
-        "fid_at_floor_samples": _round(fid(half_a, fake_f[:m]) if m >= 2 else float("nan"), 4),
+        "fid_floor": _round(floor, 4),
+        "fid_at_floor_samples": _round(at_floor, 4),
+        "separable": separable,
+        "separable_rule": (
+            "separable = fid_at_floor_samples > fid_floor and KID's 95% interval not below 0; "
+            "false: feature space cannot separate these sets (not a good-model reading)"
+        ),
         "kid_mean": _round(kid_mean, 6),
         "kid_std": _round(kid_std, 6),
         "is_mean": _round(is_mean, 4),
@@ -153,16 +180,27 @@ def _scores(
     }
 
 
-def _class_mix(ep, manifest, real_labels, fake_pred, requested) -> dict[str, Any]:
-    """Step 6: the generated class mix against the real one, and the collapse verdict."""
-    k = manifest["num_classes"]
-    real_hist, fake_hist = class_histogram(real_labels, k), class_histogram(fake_pred, k)
-    result = mode_collapse(real_hist, fake_hist, ep.coverage_threshold, ep.kl_threshold)
-    names = manifest["class_names"]
-    result["class_histogram"] = {names[i]: round(float(fake_hist[i]), 5) for i in range(k)}
-    if requested is not None:
-        result["label_accuracy"] = round(float((fake_pred == requested).float().mean()), 5)
-    return result
+def _controls(ep, extractor, real_split, used, real_pool: Tensor, m: int, device) -> dict[str, Any]:
+    """Step 5b: the negative controls against the same real half as the floor, at
+    nc = min(m, evaluate.control_samples) images; raises if the space cannot separate them."""
+    nc = min(m, ep.control_samples)
+    other = to_unit_range(real_split.images[used[m : m + nc]], device)
+
+    def extract(images: Tensor) -> Tensor:
+        return extractor(images)[0].cpu()
+
+    scores = score_controls(extract, fid, real_pool[:nc], real_pool[m : m + nc], other, ep.seed)
+    space = extractor.record.get("featurenet") or extractor.record.get("inception_weights")
+    try:
+        check_controls(
+            scores,
+            ep.control_ratio,
+            f"retrain the feature network (featurenet.steps), evaluate more images "
+            f"(evaluate.num_samples; {nc} per side here) or use evaluate.features=inception",
+        )
+    except FeatureSpaceError as exc:
+        raise EvaluationError(f"{space}: {exc}") from None
+    return {"control_samples": nc, **{k: float(f"{v:.5g}") for k, v in scores.items()}}
 
 
 def _precision_recall(ep, manifest, real_f, fake_f, real_labels, fake_pred, n_pr: int):
@@ -299,21 +337,26 @@ def evaluate(
     t0 = time.perf_counter()
     real_f = real_f_used[:n_real]
     real_labels = torch.from_numpy(real_split.labels[used[:n_real]])
-    metrics = _scores(ep, real_f_used, n_real, fake_f, fake_logits, m)
+    logits = fake_logits if extractor.logits_meaningful else None
+    metrics = _scores(ep, real_f_used, n_real, fake_f, logits, m)
     timings["fid_kid_is_s"] = time.perf_counter() - t0
 
-    # 6-7: class mix and collapse (a domain classifier's classes only), precision/recall
     t0 = time.perf_counter()
-    fake_pred = fake_logits.argmax(1) if extractor.name == "featurenet" else None
-    if fake_pred is not None:
-        metrics.update(_class_mix(ep, manifest, real_labels, fake_pred, requested))
-    else:
-        metrics["mode_collapse"] = None
-        metrics["mode_collapse_rule"] = (
-            "class histograms need evaluate.features=featurenet (a domain classifier)"
-        )
+    controls = _controls(ep, extractor, real_split, used, real_f_used, m, device)
+    timings["controls_s"] = time.perf_counter() - t0
+
+    # 6-7: precision/recall, then collapse on the basis the feature space supports
+    t0 = time.perf_counter()
+    fake_pred = fake_logits.argmax(1) if extractor.classes else None
     n_pr = min(ep.pr_samples, n_real, n_fake)
     metrics.update(_precision_recall(ep, manifest, real_f, fake_f, real_labels, fake_pred, n_pr))
+    if fake_pred is not None:
+        accuracy = extractor.class_accuracy
+        metrics.update(class_verdict(ep, manifest, accuracy, real_labels, fake_pred, requested))
+    else:
+        space = extractor.record.get("featurenet_objective", extractor.name)
+        metrics.update(recall_verdict(ep, space, metrics["recall"]))
+    metrics["negative_controls"] = controls
     timings["collapse_pr_s"] = time.perf_counter() - t0
     metrics["warnings"] = _warnings(ep, min(n_real, n_fake))
 

@@ -9,7 +9,9 @@ Every evaluated, exported generator becomes a new version of the registered mode
 with its metrics as version tags. ``decide`` (pure) gives it the alias ``champion`` only if
 
 1. its parity check passed, and
-2. it is not flagged for mode collapse, and
+2. its feature space could separate it from real data (``separable`` in eval.json: its FID
+   is above the real-data floor), and it is not flagged for mode collapse and has a
+   verdict (``mode_collapse`` null = not assessed: refused, with the reason), and
 3. there is no champion, or its FID beats the champion's by more than their 95% intervals
    allow (its upper bound is below the champion's lower bound);
 
@@ -52,6 +54,9 @@ class Candidate:
     mode_collapse: bool | None
     parity_passed: bool
     data_sha256: str | None = None  # the prepared data it was trained and judged on
+    # False: its FID is at or under the real-data floor in its feature space (no evidence)
+    separable: bool = True
+    collapse_basis: str = ""  # what the collapse verdict rests on (or why there is none)
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,16 @@ def decide(new: Candidate, champion: Candidate | None) -> Decision:
     """The promotion rule. Pure: the same inputs give the same decision."""
     if not new.parity_passed:
         return Decision(False, "ONNX parity check did not pass")
+    if not new.separable:
+        return Decision(
+            False,
+            "feature space cannot separate these sets (FID at or under the real-data floor, or KID "
+            "below zero): the scores are no evidence of a good model",
+        )
     if new.mode_collapse:
         return Decision(False, "flagged for mode collapse")
     if new.mode_collapse is None:
-        return Decision(False, "no mode-collapse verdict (evaluate with the feature network)")
+        return Decision(False, f"no mode-collapse verdict ({new.collapse_basis or 'not assessed'})")
     if champion is None:
         return Decision(True, "no champion yet")
     if new.version == champion.version:
@@ -115,6 +126,8 @@ def _candidate_from_tags(version: str, tags: dict[str, str]) -> Candidate:
         mode_collapse={"true": True, "false": False}.get(tags.get("mode_collapse", "")),
         parity_passed=tags.get("parity_passed") == "true",
         data_sha256=tags.get("data_sha256"),
+        separable=tags.get("separable", "true") != "false",  # versions before the check: true
+        collapse_basis=tags.get("mode_collapse_basis", ""),
     )
 
 
@@ -176,6 +189,8 @@ def read_candidate(eval_path, export_path) -> tuple[dict[str, Any], dict[str, An
         "fid": fid, "fid_ci95_low": lo, "fid_ci95_high": hi,
         **{k: m.get(k) for k in ("fid_floor", "kid_mean", "is_mean", "precision", "recall", "class_coverage")},
         "mode_collapse": {True: "true", False: "false"}.get(collapse, "unknown"),
+        "mode_collapse_basis": str(m.get("mode_collapse_rule") if collapse is None else m.get("mode_collapse_basis", "class histogram"))[:400],
+        "separable": "false" if m.get("separable") is False else "true",
         "parity_passed": "true" if passed else "false",
         "parity_max_abs_diff": diff,
         "run_id": e["mlflow_run_id"],

@@ -259,11 +259,15 @@ def log_evaluation(run: RunLog, metrics: dict[str, Any], metrics_path, reports_d
         k: v for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
     }  # fmt: skip
-    if metrics.get("mode_collapse") is not None:
-        numbers["mode_collapse"] = float(metrics["mode_collapse"])
+    for flag in ("mode_collapse", "separable"):  # booleans as 0/1 metrics (null: not assessed)
+        if metrics.get(flag) is not None:
+            numbers[flag] = float(metrics[flag])
+    for name, value in (metrics.get("negative_controls") or {}).items():
+        numbers[f"control_{name}"] = value
     run.log_metrics({k: v for k, v in numbers.items() if v is not None})
     tags = {f"eval.{k}": v for k, v in metrics["protocol"].items()}
     tags["eval.mode_collapse_rule"] = metrics.get("mode_collapse_rule")
+    tags["eval.mode_collapse_basis"] = metrics.get("mode_collapse_basis")
     tags["eval.warnings"] = " | ".join(metrics.get("warnings", [])) or None
     run.set_tags(tags)
     run.log_artifact(metrics_path, "eval")

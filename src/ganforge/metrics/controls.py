@@ -1,0 +1,96 @@
+"""Negative controls: trivially bad "generators" that any usable feature space must tell
+from real data, and the checks that stop the evaluation when it cannot.
+
+A score is only as good as the feature space it is computed in. A network that has not
+learned (one class, a handful of steps, wrong Inception weights) maps everything to nearly
+the same point, and then every generator scores at the real-data floor. So before the
+evaluate stage publishes a number it scores, against the same real half as the floor:
+
+- ``constant``: every image the real images' mean colour (flat squares);
+- ``noise``: uniform noise in [-1, 1];
+- ``blurred``: the other real half, Gaussian-blurred (sigma = side / 8 px);
+- ``shuffled``: the other real half with its 4x4 grid of tiles shuffled per image
+  (local statistics kept, the object destroyed).
+
+The feature space is refused (``FeatureSpaceError``) when the floor is not above zero or
+any control's FID is under ``ratio`` x the floor at the same number of images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ganforge.errors import GanforgeError
+
+CONTROLS = ("constant", "noise", "blurred", "shuffled")
+TILES = 4  # tiles per side for the shuffled control
+
+
+class FeatureSpaceError(GanforgeError):
+    """The feature space cannot tell trivial generators from real data."""
+
+
+def control_images(name: str, real: Tensor, seed: int) -> Tensor:
+    """The control ``name`` made from (or shaped like) ``real`` (N, C, S, S) in [-1, 1]."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    g = torch.Generator().manual_seed(seed)
+    n, c, s, _ = real.shape
+    if name == "constant":
+        return real.mean(dim=(0, 2, 3), keepdim=True).expand(n, c, s, s).contiguous()
+    if name == "noise":
+        return (torch.rand(n, c, s, s, generator=g) * 2 - 1).to(real.device)
+    if name == "blurred":
+        sigma = s / 8
+        return gaussian_blur(real, kernel_size=2 * int(3 * sigma) + 1, sigma=sigma)
+    if name == "shuffled":
+        t = s // TILES  # (N, C, S, S) -> (N, C, T*T tiles of t x t) -> shuffled -> back
+        x = real[:, :, : t * TILES, : t * TILES]
+        tiles = x.reshape(n, c, TILES, t, TILES, t).permute(0, 2, 4, 1, 3, 5)
+        tiles = tiles.reshape(n, TILES * TILES, c, t, t)
+        order = torch.argsort(torch.rand(n, TILES * TILES, generator=g), dim=1).to(real.device)
+        tiles = tiles[torch.arange(n, device=real.device)[:, None], order]
+        x = tiles.reshape(n, TILES, TILES, c, t, t).permute(0, 3, 1, 4, 2, 5)
+        out = real.clone()
+        out[:, :, : t * TILES, : t * TILES] = x.reshape(n, c, t * TILES, t * TILES)
+        return out
+    raise ValueError(f"unknown control {name!r}")
+
+
+def score_controls(
+    extract: Callable[[Tensor], Tensor],
+    fid: Callable[[Tensor, Tensor], float],
+    half_a: Tensor,
+    half_b: Tensor,
+    other_real: Tensor,
+    seed: int,
+) -> dict[str, float]:
+    """FID of each control against ``half_a`` (n, F) real features, and the floor
+    (``half_a`` vs ``half_b``, both n). ``other_real``: the n real images (in [-1, 1]) behind
+    ``half_b``, from which the blurred and shuffled controls are made; ``extract`` maps
+    images to features (n, F) on the CPU."""
+    out = {"floor": fid(half_a, half_b)}
+    for i, name in enumerate(CONTROLS):
+        out[name] = fid(half_a, extract(control_images(name, other_real, seed + i)))
+    return out
+
+
+def check_controls(scores: dict[str, float], ratio: float, where: str) -> None:
+    """Refuse the feature space unless the floor is > 0 and every control's FID is at least
+    ``ratio`` x the floor."""
+    floor = scores["floor"]
+    hint = f"the scores in it would be meaningless; {where} (evaluate.control_ratio = {ratio:g})"
+    if not floor > 0:
+        raise FeatureSpaceError(
+            f"feature space cannot separate real images from each other (real-vs-real FID {floor:.3g}): {hint}"
+        )
+    weakest = min(CONTROLS, key=lambda k: scores[k])
+    if not scores[weakest] >= ratio * floor:
+        shown = ", ".join(f"{k} {scores[k]:.3g}" for k in CONTROLS)
+        raise FeatureSpaceError(
+            f"feature space cannot separate these sets: the {weakest} negative control scores FID "
+            f"{scores[weakest]:.4g}, under {ratio:g} x the real-data floor {floor:.4g} ({shown}): {hint}"
+        )
