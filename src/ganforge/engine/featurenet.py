@@ -1,6 +1,6 @@
 """Training the domain feature network on uint8 images, and measuring it; no file I/O.
 
-Two objectives (``featurenet.objective``):
+Three objectives (``featurenet.objective``):
 
 - ``classifier``: cross-entropy on the class labels (AdamW, one-cycle schedule, label
   smoothing, random shifts). Its logits give IS and the class histogram.
@@ -13,7 +13,7 @@ Two objectives (``featurenet.objective``):
   teach features that tell the classes apart and nothing else; the contrastive term keeps
   what makes each image itself.
 
-Both run a fixed number of optimiser steps (``resolve_steps``): epochs would give a
+All run a fixed number of optimiser steps (``resolve_steps``): epochs would give a
 300-image folder a handful of steps and a network that has not moved from its init.
 """
 
@@ -79,6 +79,12 @@ def augment(
     return x
 
 
+def contrastive_view(x: Tensor, gen: torch.Generator, *, max_shift: int, hflip: bool) -> Tensor:
+    """One view for the contrastive loss and its held-out check: stronger than the
+    classifier's augmentation (twice the shift, at least 2 px, and colour jitter 0.3)."""
+    return augment(x, gen, max_shift=2 * max_shift or 2, hflip=hflip, jitter=0.3)
+
+
 def nt_xent(a: Tensor, b: Tensor, temperature: float = TEMPERATURE) -> Tensor:
     """SimCLR's loss for projections a, b (N, D) of two views of the same N images."""
     z = F.normalize(torch.cat([a, b]), dim=1)  # (2N, D)
@@ -129,12 +135,11 @@ def fit_featurenet(
         if objective in ("classifier", "hybrid"):
             x = augment(x_all[idx], gen, max_shift=max_shift, hflip=hflip)
             loss = F.cross_entropy(net(x), y_all[idx], label_smoothing=0.05)
-        if head is not None:  # two views with stronger augmentation: shift x2, colour jitter
-            views = [
-                augment(x_all[idx], gen, max_shift=2 * max_shift or 2, hflip=hflip, jitter=0.3)
-                for _ in range(2)
-            ]
-            loss = loss + nt_xent(head(net.features(views[0])), head(net.features(views[1])))
+        if head is not None:
+            a, b = (
+                contrastive_view(x_all[idx], gen, max_shift=max_shift, hflip=hflip) for _ in "ab"
+            )
+            loss = loss + nt_xent(head(net.features(a)), head(net.features(b)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -153,16 +158,14 @@ def predictions(net: FeatureNet, images: np.ndarray, device: torch.device, batch
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def accuracy(net: FeatureNet, images: np.ndarray, labels: np.ndarray, device) -> float:
-    """Share of ``images`` (uint8) classified as ``labels``."""
-    return float((predictions(net, images, device) == torch.as_tensor(labels)).float().mean())
+def accuracy(pred: Tensor, labels: np.ndarray) -> float:
+    """Share of predictions ``pred`` (N,) equal to ``labels``."""
+    return float((pred == torch.as_tensor(labels)).float().mean())
 
 
-def class_accuracy(
-    net: FeatureNet, images: np.ndarray, labels: np.ndarray, num_classes: int, device
-) -> list[float | None]:
-    """Held-out accuracy per class (None for a class with no held-out image)."""
-    pred, truth = predictions(net, images, device), torch.as_tensor(labels)
+def class_accuracy(pred: Tensor, labels: np.ndarray, num_classes: int) -> list[float | None]:
+    """Accuracy of predictions ``pred`` (N,) per class (None for a class with no image)."""
+    truth = torch.as_tensor(labels)
     out: list[float | None] = []
     for c in range(num_classes):
         mask = truth == c
@@ -180,12 +183,9 @@ def retrieval_accuracy(
     net.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     x = to_unit_range(images, device)
-    views = [
-        F.normalize(
-            net.features(augment(x, gen, max_shift=2 * max_shift or 2, hflip=hflip, jitter=0.3)),
-            dim=1,
-        )
-        for _ in range(2)
-    ]
-    nearest = (views[0] @ views[1].T).argmax(1)  # (N,)
+    a, b = (
+        F.normalize(net.features(contrastive_view(x, gen, max_shift=max_shift, hflip=hflip)), dim=1)
+        for _ in "ab"
+    )
+    nearest = (a @ b.T).argmax(1)  # (N,)
     return float((nearest.cpu() == torch.arange(len(images))).float().mean())

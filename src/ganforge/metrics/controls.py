@@ -64,15 +64,15 @@ def score_controls(
     extract: Callable[[Tensor], Tensor],
     fid: Callable[[Tensor, Tensor], float],
     half_a: Tensor,
-    half_b: Tensor,
+    floor: float,
     other_real: Tensor,
     seed: int,
 ) -> dict[str, float]:
-    """FID of each control against ``half_a`` (n, F) real features, and the floor
-    (``half_a`` vs ``half_b``, both n). ``other_real``: the n real images (in [-1, 1]) behind
-    ``half_b``, from which the blurred and shuffled controls are made; ``extract`` maps
-    images to features (n, F) on the CPU."""
-    out = {"floor": fid(half_a, half_b)}
+    """FID of each control against ``half_a`` (n, F) real features, beside ``floor`` (the FID
+    of ``half_a`` and the other real half, both n). ``other_real``: the n real images (in
+    [-1, 1]) of that other half, from which the blurred and shuffled controls are made;
+    ``extract`` maps images to features (n, F) on the CPU."""
+    out = {"floor": floor}
     for i, name in enumerate(CONTROLS):
         out[name] = fid(half_a, extract(control_images(name, other_real, seed + i)))
     return out

@@ -30,6 +30,8 @@ from ganforge.metrics.scores import fid
 log = logging.getLogger(__name__)
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+# torch hub names a weights file by the first hex digits of its sha256
+INCEPTION_SHA256_PREFIX = INCEPTION_FILE.removesuffix(".pth").rsplit("-", 1)[1]
 
 
 class FeatureExtractor:
@@ -100,7 +102,11 @@ class InceptionFeatures(FeatureExtractor):
     """
 
     def __init__(
-        self, weights: str, device: torch.device, batch: int, expected_sha256: str = "6726825d"
+        self,
+        weights: str,
+        device: torch.device,
+        batch: int,
+        expected_sha256: str = INCEPTION_SHA256_PREFIX,
     ) -> None:
         import tempfile
 

@@ -36,9 +36,10 @@ def class_verdict(
     result["mode_collapse_basis"] = "class histogram"
     if requested is not None:
         result["label_accuracy"] = round(float((fake_pred == requested).float().mean()), 5)
-    per_class = class_accuracy
-    weak = {c: a for c, a in per_class.items() if a is None or a < ep.collapse_min_class_accuracy}
-    if not per_class or weak:
+    weak = {
+        c: a for c, a in class_accuracy.items() if a is None or a < ep.collapse_min_class_accuracy
+    }
+    if not class_accuracy or weak:
         result["mode_collapse"] = None
         result["mode_collapse_basis"] = "not assessed"
         shown = ", ".join(

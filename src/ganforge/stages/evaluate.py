@@ -147,7 +147,7 @@ def _scores(
     ep: EvaluateParams, real_pool: Tensor, n_real: int, fake_f: Tensor, fake_logits, m: int
 ):  # fake_logits None: the feature space has no meaningful logits (no IS)
     """Steps 3-5: FID of the first n_real real features with its interval, the floor on two
-    disjoint halves of m, the model's FID at m, KID and IS."""
+    disjoint halves of m, the model's FID at m, KID and IS -> (scores, the floor unrounded)."""
     real_f, half_a, half_b = real_pool[:n_real], real_pool[:m], real_pool[m : 2 * m]
     fid_value = fid(real_f, fake_f)
     lo, hi = fid_bootstrap(real_f, fake_f, ep.bootstrap, ep.seed)
@@ -177,19 +177,22 @@ def _scores(
         "kid_std": _round(kid_std, 6),
         "is_mean": _round(is_mean, 4),
         "is_std": _round(is_std, 4),
-    }
+    }, floor
 
 
-def _controls(ep, extractor, real_split, used, real_pool: Tensor, m: int, device) -> dict[str, Any]:
+def _controls(ep, extractor, real_split, used, real_pool: Tensor, m: int, floor: float, device):
     """Step 5b: the negative controls against the same real half as the floor, at
-    nc = min(m, evaluate.control_samples) images; raises if the space cannot separate them."""
+    nc = min(m, evaluate.control_samples) images (the floor at m is reused when nc = m);
+    raises if the space cannot separate them."""
     nc = min(m, ep.control_samples)
     other = to_unit_range(real_split.images[used[m : m + nc]], device)
+    if nc < m:
+        floor = fid(real_pool[:nc], real_pool[m : m + nc])
 
     def extract(images: Tensor) -> Tensor:
         return extractor(images)[0].cpu()
 
-    scores = score_controls(extract, fid, real_pool[:nc], real_pool[m : m + nc], other, ep.seed)
+    scores = score_controls(extract, fid, real_pool[:nc], floor, other, ep.seed)
     space = extractor.record.get("featurenet") or extractor.record.get("inception_weights")
     try:
         check_controls(
@@ -338,11 +341,11 @@ def evaluate(
     real_f = real_f_used[:n_real]
     real_labels = torch.from_numpy(real_split.labels[used[:n_real]])
     logits = fake_logits if extractor.logits_meaningful else None
-    metrics = _scores(ep, real_f_used, n_real, fake_f, logits, m)
+    metrics, floor = _scores(ep, real_f_used, n_real, fake_f, logits, m)
     timings["fid_kid_is_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    controls = _controls(ep, extractor, real_split, used, real_f_used, m, device)
+    controls = _controls(ep, extractor, real_split, used, real_f_used, m, floor, device)
     timings["controls_s"] = time.perf_counter() - t0
 
     # 6-7: precision/recall, then collapse on the basis the feature space supports

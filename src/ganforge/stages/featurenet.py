@@ -6,8 +6,9 @@ Trains ``ganforge.metrics.featurenet.FeatureNet`` on the prepared training split
 ``featurenet.steps`` optimiser steps (``ganforge.engine.featurenet``), with the objective
 the data can support (``featurenet.objective: auto``):
 
-- ``classifier`` when there are at least two classes and ``MIN_PER_CLASS`` training images
-  in each. Checked on the held-out split: overall accuracy must reach
+- ``classifier`` when there are at least ``RICH_LABELS`` classes and ``MIN_PER_CLASS``
+  training images in each; ``hybrid`` (classifier + contrastive) with 2 to RICH_LABELS - 1
+  classes. Checked on the held-out split: overall accuracy must reach
   ``featurenet.min_accuracy`` (auto: the measured 98% for MNIST, 95% for digits; for any
   other data chance + 75% of the way to 1, e.g. 0.875 for two classes), and the accuracy
   of each class is recorded (the evaluate stage issues a collapse verdict only when every
@@ -39,6 +40,7 @@ from ganforge.engine.featurenet import (
     accuracy,
     class_accuracy,
     fit_featurenet,
+    predictions,
     resolve_steps,
     retrieval_accuracy,
 )
@@ -128,11 +130,10 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
     seconds = time.perf_counter() - t0
     names = manifest["class_names"]
     if objective != "contrastive":
-        score, what = accuracy(net, hold.images, hold.labels, device), "held-out accuracy"
-        per_class = dict(
-            zip(names, class_accuracy(net, hold.images, hold.labels, k, device), strict=True)
-        )
-        train_score = accuracy(net, train_split.images, train_split.labels, device)
+        pred = predictions(net, hold.images, device)
+        score, what = accuracy(pred, hold.labels), "held-out accuracy"
+        per_class = dict(zip(names, class_accuracy(pred, hold.labels, k), strict=True))
+        train_score = accuracy(predictions(net, train_split.images, device), train_split.labels)
     else:
         score, what = retrieval_accuracy(net, check, **aug), "held-out view retrieval accuracy"
         per_class, train_score = {}, None
