@@ -154,8 +154,8 @@ class Registry:
             else f"challenger; champion stays v{entry['to_version']}"
         )  # fmt: skip
         text = (
-            f"{head}. Rule: parity passed, no mode collapse, FID beats the champion's beyond both 95% "
-            f"intervals. This version: FID {m['fid']} {m['fid_ci95']}, mode collapse {m['mode_collapse']}. "
+            f"{head}. Rule: parity passed, FID above the real-data floor (separable), a mode-collapse "
+            f"verdict and no collapse, FID beats the champion's beyond both 95% intervals. This version: FID {m['fid']} {m['fid_ci95']}, mode collapse {m['mode_collapse']}. "
             f"Reason: {entry['reason']}. Decided {entry['time']} for run {entry['run_id']}."
         )
         self._call(self.client.update_model_version, name, version, description=text[:4000])
