@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from ganforge.core.yamlsafe import load_yaml
 from ganforge.errors import ConfigError
 from ganforge.models import VARIANTS, all_settings
 
@@ -37,6 +37,7 @@ SEED_MAX = 2**31 - 1  # every seed feeds numpy and torch generators
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 PARAMS_MAX_BYTES = 1 << 20  # a params file is a few KiB; refuse anything near a megabyte
 MAX_MESSAGE = 600  # characters of an error line
+Auto = bool | Literal["auto"]
 
 
 class _Section(BaseModel):
@@ -89,9 +90,9 @@ class _TrainCommon(_Section):
     grid_size: int = Field(64, ge=1, le=1024)
     fid_samples: int = Field(1000, ge=0, le=100000)
     device: str = Field("auto", pattern=DEVICE_PATTERN)
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False
+    bf16: Auto = "auto"  # ganforge.core.fastpath: per device, what was measured fastest
+    channels_last: Auto = "auto"
+    compile: Auto = "auto"
     data_on_device: bool = True
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
@@ -123,6 +124,8 @@ class FeaturenetParams(_Section):
     feature_dim: int = Field(128, ge=2, le=4096)
     max_shift: int = Field(2, ge=0, le=8)
     hflip: bool = False
+    bf16: Auto = "auto"
+    channels_last: Auto = "auto"
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = "auto"
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     seed: int = Field(0, ge=0, le=SEED_MAX)
@@ -149,6 +152,8 @@ class EvaluateParams(_Section):
     pr_k: int = Field(3, ge=1, le=100)
     pr_samples: int = Field(5000, ge=2, le=100_000)
     interpolation_steps: int = Field(10, ge=2, le=64)
+    bf16: Auto = "auto"
+    channels_last: Auto = "auto"
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
@@ -212,53 +217,6 @@ class Params(_Section):
         """``{"train.lr": 0.0002, ...}``: the names used for tracked params."""
         dump = self.model_dump()
         return {f"{sec}.{key}": value for sec, values in dump.items() for key, value in values.items()}  # fmt: skip
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML for params: no anchors or aliases (a few hundred bytes of aliases expand to
-    gigabytes), no duplicate keys (the last would silently win)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise _ParamsYamlError(f"YAML aliases are not allowed in params (line {mark.line + 1})")
-        event = self.peek_event()
-        if getattr(event, "anchor", None):
-            raise _ParamsYamlError(f"YAML anchors are not allowed in params (line {event.start_mark.line + 1})")  # fmt: skip
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool, type(None))):
-                raise _ParamsYamlError(
-                    f"line {key_node.start_mark.line + 1}: a key must be a plain value"
-                )
-            if key in seen:
-                raise _ParamsYamlError(
-                    f"duplicate key {str(key)[:60]!r} (line {key_node.start_mark.line + 1})"
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-class _ParamsYamlError(Exception):
-    pass
-
-
-def _yaml(text: str, where: str) -> Any:
-    """Parse params YAML strictly; every failure is one ``ConfigError`` line naming ``where``."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except _ParamsYamlError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}: not valid YAML{at} ({exc.__class__.__name__})") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply") from None
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -328,7 +286,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> str:
         raise ConfigError(
             f"--set {shown}: unknown section {_short(section, 40)} (allowed: {', '.join(Params.model_fields)})"
         )
-    parsed = _yaml(value, f"--set {shown}: value") if value.strip() else ""
+    parsed = load_yaml(value, f"--set {shown}: value") if value.strip() else ""
     target = raw.setdefault(section, {})
     if not isinstance(target, dict):
         raise ConfigError(f"--set {shown}: section '{section}' in params is not a mapping")
@@ -369,7 +327,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    raw = _yaml(text, str(path))
+    raw = load_yaml(text, str(path))
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(

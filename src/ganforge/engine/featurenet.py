@@ -19,6 +19,7 @@ All run a fixed number of optimiser steps (``resolve_steps``): epochs would give
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganforge.core.device import to_unit_range
+from ganforge.core.fastpath import FastPath
 from ganforge.metrics.featurenet import FeatureNet
 
 # optimiser steps when featurenet.steps is auto: 8 passes over the data, but never fewer than
@@ -108,9 +110,14 @@ def fit_featurenet(
     hflip: bool,
     seed: int,
     device: torch.device,
+    fast: FastPath | None = None,
 ) -> None:
-    """Train ``net`` in place for ``steps`` optimiser steps with ``objective``."""
+    """Train ``net`` in place for ``steps`` optimiser steps with ``objective``; ``fast``:
+    bf16 autocast and channels-last (ganforge.core.fastpath), weights and losses fp32."""
     gen = torch.Generator(device=device).manual_seed(seed)
+    amp = fast.autocast(device) if fast else contextlib.nullcontext()
+    fmt = fast.memory_format if fast else torch.contiguous_format
+    net.to(memory_format=fmt)
     x_all = to_unit_range(images, device)  # (N, C, S, S) in [-1, 1]
     y_all = torch.as_tensor(labels, device=device)
     n = len(x_all)
@@ -134,12 +141,19 @@ def fit_featurenet(
         loss = torch.zeros((), device=device)
         if objective in ("classifier", "hybrid"):
             x = augment(x_all[idx], gen, max_shift=max_shift, hflip=hflip)
-            loss = F.cross_entropy(net(x), y_all[idx], label_smoothing=0.05)
+            with amp:
+                logits = net(x.contiguous(memory_format=fmt)).float()
+            loss = F.cross_entropy(logits, y_all[idx], label_smoothing=0.05)
         if head is not None:
             a, b = (
-                contrastive_view(x_all[idx], gen, max_shift=max_shift, hflip=hflip) for _ in "ab"
+                contrastive_view(x_all[idx], gen, max_shift=max_shift, hflip=hflip).contiguous(
+                    memory_format=fmt
+                )
+                for _ in "ab"
             )
-            loss = loss + nt_xent(head(net.features(a)), head(net.features(b)))
+            with amp:
+                za, zb = head(net.features(a)).float(), head(net.features(b)).float()
+            loss = loss + nt_xent(za, zb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from ganforge.config import Params
+from ganforge.core import fastpath
 from ganforge.core.device import to_unit_range
 from ganforge.errors import ConfigError
 from ganforge.models import ModelSpec, make_variant
@@ -117,10 +118,11 @@ class Trainer:
         )
         self.variant = make_variant(tp.model, self.spec, tp.model_dump())
         self.conditional = self.variant.conditional
-        fmt = torch.channels_last if tp.channels_last else torch.contiguous_format
+        self.fast = fastpath.resolve(device, tp.bf16, tp.channels_last, tp.compile)
+        fmt = self.memory_format = self.fast.memory_format
         self.G = self.variant.make_generator().to(device, memory_format=fmt)
         self.D = self.variant.make_discriminator().to(device, memory_format=fmt)
-        self.memory_format = fmt
+        self.d_params = list(self.D.parameters())
 
         cuda = device.type == "cuda"
         d_lr = tp.d_lr if tp.d_lr is not None else tp.lr
@@ -132,9 +134,7 @@ class Trainer:
         self.ema_fn = WarmupEMA(tp.ema_decay)
         self.ema = AveragedModel(self.G, multi_avg_fn=self.ema_fn, use_buffers=True)
         self.ema.module.eval()
-        self.amp = torch.autocast(
-            device_type=device.type, dtype=torch.bfloat16, enabled=tp.bf16 and cuda
-        )
+        self.amp = self.fast.autocast(device)
         self.step_count = 0
 
         data_device = device if tp.data_on_device else torch.device("cpu")
@@ -146,7 +146,7 @@ class Trainer:
             x.to(data_device), y.to(data_device), tp.batch_size, tp.seed, device
         )
 
-        if tp.compile:
+        if self.fast.compile:
             self.G.compile()
             self.D.compile()
 
@@ -154,27 +154,38 @@ class Trainer:
         return torch.randn(n, self.spec.latent_dim, device=self.device)
 
     def step(self) -> dict[str, Tensor]:
-        """One training step; returns detached 0-d loss tensors on the device (no host sync)."""
+        """One training step; returns detached 0-d loss tensors on the device (no host sync).
+
+        The last discriminator update's fake batch is made with its graph and reused for the
+        generator update (after the discriminator has stepped), as the standard DCGAN loop
+        does: one generator forward fewer per step. During the generator update the
+        discriminator's weights do not require gradients, so its backward computes only the
+        gradient the generator needs (its weight gradients would be thrown away).
+        """
         G, D = self.G, self.D
         stats: dict[str, Tensor] = {}
-        for _ in range(self.variant.d_steps):
+        last = self.variant.d_steps - 1
+        for i in range(self.variant.d_steps):
             real, labels = self.sampler.next()
             real = real.contiguous(memory_format=self.memory_format)
             y = labels if self.conditional else None
             with self.amp:
-                with torch.no_grad():
-                    fake = G(self._noise(real.shape[0]), y)
-                d_loss, stats = self.variant.d_loss(D, real, fake, y)
+                with torch.set_grad_enabled(i == last):
+                    fake = G(self._noise(real.shape[0]), y)  # (B, C, H, W)
+                d_loss, stats = self.variant.d_loss(D, real, fake.detach(), y, self.step_count)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
 
+        for p in self.d_params:
+            p.requires_grad_(False)
         with self.amp:
-            fake = G(self._noise(real.shape[0]), y)
             g_loss, g_stats = self.variant.g_loss(D, fake, y)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
+        for p in self.d_params:
+            p.requires_grad_(True)
 
         self.ema_fn.set_step(self.step_count)
         self.ema.update_parameters(G)

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -40,6 +41,13 @@ R1_GAMMA: Setting = (
     float,
     Field(1.0, ge=0.0, description="R1 penalty weight on real-data gradients; 0 = off"),
 )
+R1_EVERY: Setting = (
+    int,
+    Field(
+        16, ge=1, le=1000,
+        description="lazy R1 (StyleGAN2): the penalty at every k-th step only, weighted by k",
+    ),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,14 @@ class Variant:
     def make_discriminator(self) -> nn.Module:
         return self.discriminator_cls(**self.discriminator_kwargs())
 
+    # stats a step may leave out (NaN in the history): regularisers applied every k-th step
+    sparse_stats: ClassVar[tuple[str, ...]] = ()
+
     def d_loss(
-        self, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None
+        self, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None, step: int = 0
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss for one discriminator step (``fake`` is detached) and detached stats to log."""
+        """Loss for one discriminator step (``fake`` is detached) and detached stats to log;
+        ``step``: the generator updates so far (for regularisers applied every k-th step)."""
         raise NotImplementedError
 
     def g_loss(
@@ -113,22 +125,27 @@ class Variant:
 
 class BCEVariant(Variant):
     """The original GAN game (mlp, dcgan, cdcgan): minimax discriminator loss with the
-    non-saturating generator loss, plus the R1 penalty when ``train.r1_gamma`` > 0."""
+    non-saturating generator loss, plus the R1 penalty when ``train.r1_gamma`` > 0, at every
+    ``train.r1_every``-th step with weight r1_gamma * r1_every (lazy regularisation,
+    Karras et al. 2020: the same expected penalty for a fraction of the double backward)."""
 
-    settings = {"r1_gamma": R1_GAMMA}
+    settings = {"r1_gamma": R1_GAMMA, "r1_every": R1_EVERY}
+    sparse_stats = ("r1",)
 
-    def d_loss(self, D, real, fake, labels):
+    def d_loss(self, D, real, fake, labels, step=0):
         real_logits, fake_logits = D(real, labels), D(fake, labels)
         loss = losses.d_loss_bce(real_logits, fake_logits)
         stats = {
             "d_real": real_logits.detach().sigmoid().mean(),
             "d_fake": fake_logits.detach().sigmoid().mean(),
         }
-        r1_gamma = self.config["r1_gamma"]
-        if r1_gamma > 0:
+        r1_gamma, every = self.config["r1_gamma"], self.config["r1_every"]
+        if r1_gamma > 0 and step % every == 0:
             r1 = losses.r1_penalty(lambda x: D(x, labels), real)
-            loss = loss + 0.5 * r1_gamma * r1
+            loss = loss + 0.5 * r1_gamma * every * r1
             stats["r1"] = r1.detach()
+        elif r1_gamma > 0:  # not measured at this step
+            stats["r1"] = torch.full((), float("nan"), device=real.device)
         return loss, stats
 
     def g_loss(self, D, fake, labels):

@@ -33,7 +33,7 @@ class SNGAN(Variant):
     generator_cls = DCGANGenerator
     discriminator_cls = SNDiscriminator
 
-    def d_loss(self, D, real, fake, labels):
+    def d_loss(self, D, real, fake, labels, step=0):
         real_s, fake_s = D(real, labels), D(fake, labels)
         return losses.d_loss_hinge(real_s, fake_s), {
             "d_real": real_s.detach().mean(),

@@ -33,7 +33,7 @@ class WGANGP(Variant):
     def d_steps(self) -> int:
         return self.config["n_critic"]
 
-    def d_loss(self, D, real, fake, labels):
+    def d_loss(self, D, real, fake, labels, step=0):
         real_s, fake_s = D(real, labels), D(fake, labels)
         w_loss = losses.d_loss_wasserstein(real_s, fake_s)
         gp = losses.gradient_penalty(lambda x: D(x, labels), real, fake)

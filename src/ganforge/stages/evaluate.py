@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from ganforge.config import EvaluateParams, Params
+from ganforge.core import fastpath
 from ganforge.core.dataset import dataset_name, load_split
 from ganforge.core.device import resolve_device, to_unit_range
 from ganforge.core.files import atomic_dir, claim_dir, write_metrics
@@ -119,7 +120,8 @@ def _load_inputs(ep: EvaluateParams, data_dir, generator_path, featurenet_path, 
         )
     extractor: FeatureExtractor
     if ep.features == "featurenet":
-        extractor = DomainFeatures(featurenet_path, device, ep.batch_size)
+        fast = fastpath.resolve(device, ep.bf16, ep.channels_last)  # the standard Inception: fp32
+        extractor = DomainFeatures(featurenet_path, device, ep.batch_size, fast)
         if extractor.meta["data_sha256"] != data_sha:
             raise EvaluationError(
                 f"{featurenet_path}: trained on other data than {data_dir}; rerun `ganforge featurenet`"

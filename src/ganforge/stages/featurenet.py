@@ -25,6 +25,7 @@ records) and ``<out>/metrics.json``.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from ganforge.config import Params
+from ganforge.core import fastpath
 from ganforge.core.dataset import load_split
 from ganforge.core.device import resolve_device
 from ganforge.core.files import claim_dir, mark_dir, write_json
@@ -46,6 +48,8 @@ from ganforge.engine.featurenet import (
 )
 from ganforge.errors import ConfigError, GanforgeError
 from ganforge.metrics.featurenet import FeatureNet, save_featurenet
+
+log = logging.getLogger(__name__)
 
 # held-out accuracy the network must reach when featurenet.min_accuracy is auto, per dataset
 # (measured: 0.99 on MNIST at 28 px, 1.0 on digits at 16 px with the defaults)
@@ -122,10 +126,13 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
     aug = {"max_shift": fp.max_shift, "hflip": fp.hflip, "seed": fp.seed, "device": device}
     at_init = retrieval_accuracy(net, check, **aug) if objective == "contrastive" else None
     gate = min_accuracy(fp.min_accuracy, manifest, objective, at_init or 0.0)
+    fast = fastpath.resolve(device, fp.bf16, fp.channels_last)
+    log.info("%s network, %d steps on %s: %s", objective, steps, device, fast.describe())
     t0 = time.perf_counter()
     fit_featurenet(
         net, train_split.images, train_split.labels, objective=objective, steps=steps,
         batch_size=fp.batch_size, lr=fp.lr, max_shift=fp.max_shift, hflip=fp.hflip, seed=fp.seed, device=device,
+        fast=fast,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     names = manifest["class_names"]
@@ -170,6 +177,7 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
         "seconds": round(seconds, 2),
         "sha256": digest,
         "device": str(device),
+        "fast_path": fast.record(),
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics

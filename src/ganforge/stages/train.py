@@ -43,6 +43,7 @@ from ganforge.core.dataset import PreparedSplit, load_split
 from ganforge.core.device import resolve_device
 from ganforge.core.files import atomic_path, claim_dir, mark_dir, replace_dir, write_json
 from ganforge.core.grids import fixed_grid_inputs, plot_curves, save_grid
+from ganforge.core.progress import Progress
 from ganforge.core.runlog import RUN_FILE, RunLog, Untracked
 from ganforge.engine.trainer import Trainer
 from ganforge.errors import CheckpointError, ConfigError, DivergenceError
@@ -115,11 +116,15 @@ class _LossLog:
         seconds = max(now - self.window_start, 1e-9)
         self.rate = (step_now - self.window_step0) * self.images_per_step / seconds
         self.window_start, self.window_step0 = now, step_now
-        first = step_now - len(self.pending) + 1
+        first, sparse = step_now - len(self.pending) + 1, self.trainer.variant.sparse_stats
         self.pending.clear()
         rows = []
         for i, row in enumerate(values):
-            bad = [k for k, v in zip(keys, row, strict=True) if not math.isfinite(v)]
+            bad = [
+                k
+                for k, v in zip(keys, row, strict=True)
+                if not math.isfinite(v) and k not in sparse
+            ]
             if bad:
                 self._diverged(first + i, bad[0], row[keys.index(bad[0])])
             rows.append({"step": first + i, **dict(zip(keys, map(float, row), strict=True))})
@@ -135,56 +140,6 @@ class _LossLog:
             f"step {step}: {key} is {value} (non-finite); training stopped, {where}; "
             "lower train.lr (or the penalty weights) or check the data"
         )
-
-
-class _Progress:
-    """A tqdm bar on a terminal; elsewhere (DVC, CI, a log file) a plain line at every tenth
-    of the run or every ``every_s`` seconds, whichever comes first:
-
-        ganforge train: INFO: step 1200/3000 (40%)  3,105 img/s  d_loss 1.234  g_loss 0.987  eta 58 s
-    """
-
-    def __init__(
-        self, model: str, device: str, start: int, total: int, bar: bool, every_s: float = 20.0
-    ):
-        self.start, self.total, self.every_s = start, total, every_s
-        self.t0 = self.last_t = time.perf_counter()
-        self.next_tenth = start + max(1, total // 10)
-        self.bar = None
-        if bar:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=start, mininterval=1.0, unit="step", dynamic_ncols=True
-            )
-            self.bar.set_description(f"{model} {device}")
-
-    def update(self, step: int, last: dict[str, float] | None, rate: float) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            if last:
-                self.bar.set_postfix(
-                    d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}", img_s=f"{rate:,.0f}"
-                )
-            return
-        now = time.perf_counter()
-        if not last or (
-            step < self.next_tenth and now - self.last_t < self.every_s and step != self.total
-        ):
-            return
-        while self.next_tenth <= step:
-            self.next_tenth += max(1, self.total // 10)
-        self.last_t = now
-        done = step - self.start
-        eta = (self.total - step) * (now - self.t0) / done if done else float("nan")
-        log.info(
-            "step %d/%d (%d%%)  %s img/s  d_loss %.3f  g_loss %.3f  eta %.0f s",
-            step, self.total, 100 * step // self.total, f"{rate:,.0f}", last["d_loss"], last["g_loss"], eta,
-        )  # fmt: skip
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def work_dir(out_dir: str | Path, run_name: str) -> Path:
@@ -245,7 +200,7 @@ def _fid_probe(featurenet: str | Path | None, split: PreparedSplit, trainer: Tra
         return FidProbe.create(
             Path(featurenet), split.images, split.labels, split.manifest["content_sha256"],
             n=tp.fid_samples, latent_dim=tp.latent_dim, conditional=trainer.conditional,
-            seed=tp.seed, device=device,
+            seed=tp.seed, device=device, fast=trainer.fast,
         )  # fmt: skip
 
 
@@ -303,10 +258,11 @@ def train(
     if trainer.step_count == 0:
         save_grid(trainer.sample(z_fixed, y_fixed), samples_dir / "step_00000000.png", nrow)
     probe = _fid_probe(featurenet, split, trainer, device)
+    log.info("%s on %s: %s", tp.model, device, trainer.fast.describe())
     losses = _LossLog(trainer, history, run_dir)
     t_start, step0 = time.perf_counter(), trainer.step_count
 
-    bar = _Progress(tp.model, device.type, trainer.step_count, tp.steps, progress)
+    bar = Progress(tp.model, device.type, trainer.step_count, tp.steps, progress)
     while trainer.step_count < tp.steps:
         losses.pending.append(trainer.step())
         step = trainer.step_count
@@ -341,6 +297,7 @@ def train(
         "final_d_loss": history[-1]["d_loss"] if history else None,
         "final_g_loss": history[-1]["g_loss"] if history else None,
         "torch": torch.__version__,
+        "fast_path": trainer.fast.record(),
     }
     _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker)
     claim_dir(final_dir, "train")

@@ -88,7 +88,7 @@ class MlflowRun:
             Metric(k, float(v), now, int(r["step"]))
             for r in rows
             for k, v in r.items()
-            if k != "step"
+            if k != "step" and v == v  # NaN: a stat not measured at this step (lazy R1)
         ]
         self._batch("log metrics", metrics=items)
 
