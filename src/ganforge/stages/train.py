@@ -263,11 +263,12 @@ def train(
     t_start, step0 = time.perf_counter(), trainer.step_count
 
     bar = Progress(tp.model, device.type, trainer.step_count, tp.steps, progress)
+    unsent: list[dict[str, float]] = []  # loss rows go to the tracker at each grid, in one call
     while trainer.step_count < tp.steps:
         losses.pending.append(trainer.step())
         step = trainer.step_count
         if step % tp.log_every == 0 or step == tp.steps:
-            tracker.log_history(losses.flush())
+            unsent += losses.flush()
             bar.update(step, history[-1], losses.rate)
         if step % tp.sample_every == 0 or step == tp.steps:
             grid_path = samples_dir / f"step_{step:08d}.png"
@@ -278,11 +279,13 @@ def train(
                 fid_rows.append({"step": step, "fid": probe(trainer.sample)})
                 _write_csv(run_dir / "fid_history.csv", fid_rows)
                 tracker.log_metrics({"fid_ema": fid_rows[-1]["fid"]}, step)
+        if step % tp.checkpoint_every == 0 or step % tp.sample_every == 0 or step == tp.steps:
+            tracker.log_history(unsent + losses.flush())
+            unsent = []
         if step % tp.checkpoint_every == 0 or step == tp.steps:
-            tracker.log_history(losses.flush())
             _save_checkpoint(trainer, history, run_dir, manifest["content_sha256"])
     bar.close()
-    tracker.log_history(losses.flush())
+    tracker.log_history(unsent + losses.flush())
     elapsed = time.perf_counter() - t_start
 
     trained = trainer.step_count - step0
