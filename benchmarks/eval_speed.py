@@ -7,7 +7,10 @@ split (so ~9,990 real images remain in the train split), the feature network tra
 it, and a DCGAN trained for a few hundred steps (its quality does not matter for speed).
 Timed: ``ganforge.stages.evaluate.evaluate`` with the default protocol (FID + 200 bootstrap
 replicates, floor, KID, IS, class histogram, 5,000-per-side precision/recall, reports),
-run twice; the second run is the warm figure. Prints the stage's own timing breakdown.
+run twice with the default fast path (``evaluate.bf16/channels_last: auto``); the second run
+is the warm figure. Then once more, warm, with fp32 contiguous features
+(``fp32_features``): the same generator and feature network, so the two FIDs show what
+bf16 features change. Prints the stage's own timing breakdown.
 """
 
 from __future__ import annotations
@@ -61,10 +64,13 @@ def main() -> None:
         train(params, tmp / "data", tmp / "runs", progress=False)
         setup_s = time.perf_counter() - t
         runs = []
-        for i in range(2):
+        fp32 = params.model_copy(
+            update={"evaluate": params.evaluate.model_copy(update={"bf16": False, "channels_last": False})}
+        )  # fmt: skip
+        for i, p in enumerate((params, params, fp32)):  # auto cold, auto warm, fp32 warm
             t = time.perf_counter()
             m = evaluate(
-                params,
+                p,
                 tmp / "data",
                 tmp / "runs/main/generator.pt",
                 tmp / "fn/featurenet.pt",
@@ -72,6 +78,7 @@ def main() -> None:
                 tmp / "rep",
             )
             runs.append((time.perf_counter() - t, m))
+    (runs_fp32_wall, m_fp32), runs = runs[2], runs[:2]
     wall, m = runs[-1]
     device = m["protocol"]["device"]
     name = (
@@ -92,8 +99,15 @@ def main() -> None:
                 "setup_s": round(setup_s, 1),
                 "evaluate_wall_s": [round(w, 2) for w, _ in runs],
                 "stage_breakdown_s": m["timing_s"],
+                "fast_path": {k: m["protocol"][k] for k in ("feature_bf16",)},
                 "fid": m["fid"],
                 "fid_floor": m["fid_floor"],
+                "fp32_features": {
+                    "evaluate_wall_s": round(runs_fp32_wall, 2),
+                    "stage_breakdown_s": m_fp32["timing_s"],
+                    "fid": m_fp32["fid"],
+                    "fid_floor": m_fp32["fid_floor"],
+                },
             },
             indent=2,
         )

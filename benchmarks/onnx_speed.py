@@ -7,7 +7,10 @@ Set-up (not timed): digits prepared at ``--size`` px, the default DCGAN trained 
 (weights do not change the cost), exported with the parity gate. Timed, on this machine's
 CPU: images/s of each runtime at batch 1 and 64 (best of 5 runs of ``--seconds`` each after
 warm-up), then ``--requests`` sequential ``GET /generate?n=16`` to ``ganforge serve`` on
-127.0.0.1: median and p99 latency, requests/s.
+127.0.0.1: median and p99 latency, requests/s. Then the onnxruntime session options
+(``session_options``): intra-op threads (1 and every usable core) x graph optimisation
+level, on this generator and on the classic 64 px DCGAN (latent 100, width 64), with the
+thread count ``OnnxGenerator`` picks for each when left to measure.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import onnxruntime as ort
 import torch
 
 from ganforge.config import parse_params
+from ganforge.core.cores import usable_cores
 from ganforge.deploy.onnxrt import OnnxGenerator
 from ganforge.models import load_generator
 from ganforge.stages.export import export
@@ -45,6 +49,33 @@ def rate(fn, batch: int, seconds: float) -> float:
             n += batch
         best = max(best, n / (time.perf_counter() - t0))
     return best
+
+
+def options_sweep(path: Path, latent: int, seconds: float) -> list[dict]:
+    """images/s per onnxruntime intra-op thread count and graph optimisation level, batch 1
+    and 64, and the thread count ``OnnxGenerator`` measures for itself at load."""
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,  # onnxruntime's default
+    }
+    rows = []
+    for threads in sorted({1, usable_cores()}):
+        for name, level in levels.items():
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.graph_optimization_level = threads, level
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            row = {"model": path.stem, "threads": threads, "optimization": name}
+            for batch in (1, 64):
+                z = np.random.default_rng(0).standard_normal((batch, latent), dtype=np.float32)
+                row[f"img_per_s_b{batch}"] = round(
+                    rate(lambda z=z, s=sess: s.run(None, {"z": z}), batch, seconds), 1
+                )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    chosen = OnnxGenerator(path, providers=["CPUExecutionProvider"]).threads
+    rows.append({"model": path.stem, "ganforge_chooses_threads": chosen})
+    return rows
 
 
 def main() -> None:
@@ -114,6 +145,20 @@ def main() -> None:
                 total = time.perf_counter() - t_all
         finally:
             stop(proc)
+
+        # session options on the default generator and on the classic 64 px DCGAN
+        out["session_options"] = options_sweep(tmp / "g.onnx", latent, args.seconds)
+        big = parse_params(
+            {
+                "prepare": {"image_size": 64},
+                "train": {"steps": 1, "device": "cpu", "fid_samples": 0, "latent_dim": 100,
+                          "g_width": 64, "d_width": 64, "batch_size": 16, "run_name": "big"},
+            }
+        )  # fmt: skip
+        prepare(big.prepare, tmp / "data64")
+        train(big, tmp / "data64", tmp / "runs", progress=False)
+        export(big, tmp / "runs/big/generator.pt", tmp / "dcgan64.onnx", tmp / "export64.json")
+        out["session_options"] += options_sweep(tmp / "dcgan64.onnx", 100, args.seconds)
     out["http_requests"] = args.requests
     out["http_generate_n16_median_ms"] = round(statistics.median(lat), 2)
     out["http_generate_n16_p99_ms"] = round(float(np.percentile(lat, 99)), 2)

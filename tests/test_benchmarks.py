@@ -15,7 +15,7 @@ from .conftest import ROOT
 def test_train_throughput_benchmark_runs_on_cpu(mnist_dir):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.train_throughput", "--mnist", str(mnist_dir), "--size", "16",
-         "--latent", "16", "--width", "8", "--batches", "16", "32", "--steps", "3", "--workers", "0",
+         "--latent", "16", "--width", "8", "--batches", "16", "32", "--steps", "3", "--windows", "2", "--workers", "0",
          "--equal-time", "2", "--fid-samples", "300", "--device", "cpu"],
         capture_output=True, text=True, cwd=ROOT, timeout=900,
     )  # fmt: skip

@@ -26,6 +26,7 @@ MODELS_DIR = "models"
 FEATURENET_DIR = f"{MODELS_DIR}/featurenet"
 FEATURENET = f"{FEATURENET_DIR}/featurenet.pt"
 METRICS_DIR = "metrics"
+THREADS_HELP = "onnxruntime intra-op threads on CPU (default: measured at load: 1 or every core)"
 REPORTS_DIR = "reports"
 EXPORTED_DIR = "exported"
 
@@ -120,13 +121,13 @@ def _promote(args: argparse.Namespace) -> dict[str, Any]:
 def _generate(args: argparse.Namespace) -> dict[str, Any]:
     from ganforge.deploy.service import generate_to_file
 
-    return generate_to_file(args.model, args.n, args.seed, args.label, args.out)
+    return generate_to_file(args.model, args.n, args.seed, args.label, args.out, args.threads)
 
 
 def _serve(args: argparse.Namespace) -> dict[str, Any]:
     from ganforge.deploy.service import run_server
 
-    run_server(args.model, args.host, args.port)
+    run_server(args.model, args.host, args.port, args.threads)
     return {"stopped": True}
 
 
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed; same seed, same images")
     p.add_argument("--label", type=int, help="class to generate (conditional models)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     _opt(p, "--out", "grid.png", "PNG grid")
 
     p = _stage(
@@ -237,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="path.onnx or models:/<name>@champion")
     _opt(p, "--host", "127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     return parser
 
 

@@ -21,14 +21,14 @@ the machine's cores, which oversubscribes a container or a pinned process.
 
 from __future__ import annotations
 
-import math
 import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from ganforge.core.cores import usable_cores
 
 Auto = bool | str  # true | false | "auto", validated by ganforge.config
 
@@ -41,21 +41,6 @@ def cpu_native_bf16() -> bool:
         return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # older torch
     return bool(probe is not None and probe())
-
-
-def usable_cores() -> int:
-    """Cores this process may run on: its affinity, capped by a cgroup v2 CPU quota."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return n
 
 
 def set_threads() -> tuple[int, str]:

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from ganforge.core.cores import usable_cores
 from ganforge.errors import GanforgeError
+
+# Above this many seconds per image on one thread, a generator gets every usable core.
+# Measured on the 2-core CPU (benchmarks/RESULTS.md, "ONNX threads"): one intra-op thread was
+# faster for the 16 px default (27 us/image) and a 28 px DCGAN (65 us), two threads 1.6x
+# faster for the 64 px DCGAN (1.6 ms); the switch sits between the two measurements.
+SINGLE_THREAD_MAX_S = 3e-4
 
 log = logging.getLogger(__name__)
 
@@ -97,27 +104,57 @@ def resolve_model(model: str, dest: str | Path | None = None) -> Path:
 class OnnxGenerator:
     """An onnxruntime session over a ganforge generator, with its metadata."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
+        """``threads``: onnxruntime intra-op threads on the CPU; None = measured at load: one,
+        or every usable core when one image takes over ``SINGLE_THREAD_MAX_S`` on one."""
         self.path = Path(path)
         self.providers = providers or available_providers()
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=self.providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise ModelLoadError(
-                f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})"
-            ) from None
+        self.threads = threads or 1
+        self.session = self._session(self.threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(self.path))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._self_test()
+        if threads is None and self.session.get_providers()[0] == "CPUExecutionProvider":
+            self._choose_threads()
         log.info(
-            "loaded %s (%s) on %s",
+            "loaded %s (%s) on %s, %d intra-op threads",
             self.path,
             self.info.family,
             ", ".join(self.session.get_providers()),
+            self.threads,
         )
+
+    def _session(self, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            return ort.InferenceSession(str(self.path), options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ModelLoadError(
+                f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})"
+            ) from None
+
+    def _choose_threads(self) -> None:
+        """Time a batch of 8 on one thread (best of 3); a costly generator gets every core."""
+        import time
+
+        cores = usable_cores()
+        if cores == 1:
+            return
+        z = self.noise(8, 0)
+        labels = np.zeros(8, np.int64) if self.info.conditional else None
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self.run(z, labels)
+            best = min(best, time.perf_counter() - t0)
+        if best / 8 > SINGLE_THREAD_MAX_S:
+            self.session, self.threads = self._session(cores), cores
 
     def _self_test(self) -> None:
         """Run a fixed batch of 2 before the model is used: its inputs and outputs must be a

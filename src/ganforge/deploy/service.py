@@ -68,15 +68,23 @@ def _check_label(gen: OnnxGenerator, label: int | None) -> str | None:
     return None
 
 
+def check_threads(threads: int | None) -> int | None:
+    """``--threads``: None (measured at load) or 1..1024 onnxruntime intra-op threads."""
+    if threads is not None and not 1 <= threads <= 1024:
+        raise ConfigError(f"--threads: {threads} is outside 1..1024 (leave it out to measure)")
+    return threads
+
+
 def generate_to_file(
-    model: str, n: int, seed: int, label: int | None, out: str | Path
+    model: str, n: int, seed: int, label: int | None, out: str | Path, threads: int | None = None
 ) -> dict[str, Any]:
+    check_threads(threads)
     if not 1 <= n <= 4096:
         raise ConfigError(f"-n: {n} is outside 1..4096")
     if not 0 <= seed <= SEED_MAX:
         raise ConfigError(f"--seed: {seed} is outside 0..2^63-1")
     with tempfile.TemporaryDirectory(prefix="ganforge-generate-") as download:
-        gen = OnnxGenerator(resolve_model(model, download))
+        gen = OnnxGenerator(resolve_model(model, download), threads=threads)
         problem = _check_label(gen, label)
         if problem:
             raise ConfigError(f"--{problem}")
@@ -85,7 +93,7 @@ def generate_to_file(
     with atomic_path(out) as tmp:
         tmp.write_bytes(grid_png(images, nrow=nrow))
     return {"out": str(out), "n": n, "seed": seed, "label": label, "model": model,
-            "providers": gen.session.get_providers()}  # fmt: skip
+            "providers": gen.session.get_providers(), "threads": gen.threads}  # fmt: skip
 
 
 class ModelHolder:
@@ -95,8 +103,8 @@ class ModelHolder:
     is deleted, so the disk holds one copy (two during a reload) however often it is called.
     """
 
-    def __init__(self, model_ref: str) -> None:
-        self.model_ref = model_ref
+    def __init__(self, model_ref: str, threads: int | None = None) -> None:
+        self.model_ref, self.threads = model_ref, threads
         self._lock = threading.Lock()
         self.cache = (
             Path(tempfile.mkdtemp(prefix="ganforge-serve-")) if is_registry_uri(model_ref) else None
@@ -115,7 +123,7 @@ class ModelHolder:
         self._loads += 1
         target = self.cache / str(self._loads) if self.cache else None
         try:
-            gen = OnnxGenerator(resolve_model(self.model_ref, target))
+            gen = OnnxGenerator(resolve_model(self.model_ref, target), threads=self.threads)
             if target is not None:
                 from ganforge.tracking import registry_version
 
@@ -157,13 +165,13 @@ def _registry_fields(model_ref: str) -> dict[str, Any]:
     return {"registered_model": name, "version": version or None}
 
 
-def create_app(model_ref: str):
+def create_app(model_ref: str, threads: int | None = None):
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Header, HTTPException, Query
     from fastapi.responses import JSONResponse, Response
 
-    holder = ModelHolder(model_ref)
+    holder = ModelHolder(model_ref, check_threads(threads))
     token = os.environ.get(RELOAD_TOKEN_ENV, "")
 
     @asynccontextmanager
@@ -190,6 +198,7 @@ def create_app(model_ref: str):
             "image_size": info.image_size,
             "channels": info.channels,
             "providers": gen.session.get_providers(),
+            "intra_op_threads": gen.threads,
             "metadata": info.metadata,
             "loaded_at": holder.loaded_at,
         }
@@ -256,7 +265,7 @@ def create_app(model_ref: str):
     return app
 
 
-def run_server(model_ref: str, host: str, port: int) -> None:
+def run_server(model_ref: str, host: str, port: int, threads: int | None = None) -> None:
     import socket
 
     import uvicorn
@@ -271,6 +280,7 @@ def run_server(model_ref: str, host: str, port: int) -> None:
         raise ConfigError(
             f"--host/--port: cannot listen on {host}:{port} ({exc.strerror})"
         ) from None
-    app = create_app(model_ref)
+    check_threads(threads)
+    app = create_app(model_ref, threads)
     log.info("serving %s on http://%s:%d (OpenAPI at /docs)", model_ref, host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **LIMITS)

@@ -1,0 +1,128 @@
+"""The fast path: what ``auto`` resolves to per device (with and without native bf16), the
+threads chosen, the lazy R1 penalty, exact resume in each precision, and the onnxruntime
+thread choice. The FID check (bf16 must not change what users see) is a slow test below."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ganforge.core import cores, fastpath
+from ganforge.deploy import onnxrt
+from ganforge.models import ModelSpec, make_variant
+from ganforge.models import losses as L
+from ganforge.stages.train import train
+
+from .conftest import tiny_params
+from .test_train import read_history
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_auto_on_cpu_follows_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(fastpath, "cpu_native_bf16", lambda: native)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    fast = fastpath.resolve(CPU, "auto", "auto", "auto")
+    assert fast.bf16 is native
+    assert fast.channels_last is True and fast.compile is False
+    assert fast.memory_format == torch.channels_last
+    assert ("cpu has native bf16" if native else "cpu has no native bf16") in fast.why
+    assert fast.threads == cores.usable_cores() == torch.get_num_threads()
+    assert fast.record()["bf16"] is native
+    assert fast.describe().startswith(f"bf16 {'on' if native else 'off'}, channels-last on")
+
+
+def test_explicit_values_are_kept(monkeypatch):
+    monkeypatch.setattr(fastpath, "cpu_native_bf16", lambda: True)
+    fast = fastpath.resolve(CPU, False, False, True)
+    assert (fast.bf16, fast.channels_last, fast.compile) == (False, False, True)
+    assert "bf16 auto" not in fast.why
+    monkeypatch.setattr(fastpath, "cpu_native_bf16", lambda: False)
+    assert fastpath.resolve(CPU, True, "auto").bf16 is True  # asked for: emulated, but honoured
+
+
+def test_omp_num_threads_wins(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    fast = fastpath.resolve(CPU, False, False)
+    assert fast.threads == 1 and "OMP_NUM_THREADS" in fast.why
+
+
+def test_usable_cores_follows_affinity(monkeypatch):
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda _pid: {0})
+    assert cores.usable_cores() == 1
+
+
+@pytest.mark.parametrize("value", ["fast", 2, "yes please"])
+def test_bad_fast_path_values_are_one_line(value):
+    from ganforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.bf16"):
+        tiny_params(train={"bf16": value})
+
+
+def test_lazy_r1_is_applied_every_kth_step_with_weight_k():
+    spec = ModelSpec(latent_dim=8, image_size=16, channels=1, num_classes=10, g_width=8, d_width=8)
+    torch.manual_seed(0)
+    v = make_variant("dcgan", spec, {"r1_gamma": 2.0, "r1_every": 4})
+    D = v.make_discriminator()
+    real, fake = torch.rand(8, 1, 16, 16) * 2 - 1, torch.rand(8, 1, 16, 16) * 2 - 1
+    bce = float(L.d_loss_bce(D(real), D(fake)))
+    on, stats_on = v.d_loss(D, real, fake, None, step=8)
+    r1 = float(stats_on["r1"])
+    assert r1 > 0 and float(on) == pytest.approx(bce + 0.5 * 2.0 * 4 * r1, rel=1e-5)
+    off, stats_off = v.d_loss(D, real, fake, None, step=9)
+    assert float(off) == pytest.approx(bce, rel=1e-6) and math.isnan(float(stats_off["r1"]))
+
+
+def test_lazy_r1_history_and_summary(tmp_path, digits_dir):
+    params = tiny_params(train={"steps": 10, "r1_every": 4, "bf16": "auto"})
+    train(params, digits_dir, tmp_path, progress=False)
+    rows = read_history(tmp_path / "main")
+    measured = [int(r["step"]) for r in rows if not math.isnan(r["r1"])]
+    assert measured == [1, 5, 9]  # steps 0, 4, 8 before the update
+    summary = json.loads((tmp_path / "main/summary.json").read_text())
+    fast = summary["fast_path"]
+    assert fast["bf16"] is fastpath.cpu_native_bf16() and fast["channels_last"] is True
+    assert fast["compile"] is False and fast["threads"] >= 1
+
+
+def test_onnx_threads_one_for_a_cheap_generator_all_cores_for_a_costly_one(tiny_onnx, monkeypatch):
+    gen = onnxrt.OnnxGenerator(tiny_onnx, providers=["CPUExecutionProvider"])
+    assert gen.threads == 1  # the tiny generator takes microseconds per image
+    monkeypatch.setattr(onnxrt, "usable_cores", lambda: 2)
+    monkeypatch.setattr(onnxrt, "SINGLE_THREAD_MAX_S", 0.0)  # every generator is "costly"
+    costly = onnxrt.OnnxGenerator(tiny_onnx, providers=["CPUExecutionProvider"])
+    assert costly.threads == 2
+    fixed = onnxrt.OnnxGenerator(tiny_onnx, providers=["CPUExecutionProvider"], threads=3)
+    assert fixed.threads == 3
+    assert np.array_equal(gen.generate(4, 1), costly.generate(4, 1))
+    assert np.allclose(gen.generate(4, 1), fixed.generate(4, 1), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_auto_fid_stays_inside_the_fp32_interval_on_digits_and_mnist(tmp_path, mnist_dir):
+    """The default pipeline (feature network, training, evaluation) with ``auto`` vs all fp32:
+    the auto run's FID lies inside the fp32 run's 95% interval. Digits with the default
+    3,000 steps; MNIST at 28 px with 1,000 (the full 3,000 are in benchmarks/precision.py's
+    figures in RESULTS.md; this keeps the suite's time)."""
+    from benchmarks.precision import compare
+
+    for dataset, steps in (("digits", None), ("mnist", 1000)):
+        out = compare(dataset, mnist_dir, steps, tmp_path)
+        if out["auto"]["fast_path"]["bf16"] is False:
+            pytest.skip("this CPU has no native bf16: auto runs fp32, nothing to compare")
+        assert out["auto_inside_fp32_interval"], (dataset, out["fp32"], out["auto"])
+        assert out["auto"]["mode_collapse"] == out["fp32"]["mode_collapse"] is False
