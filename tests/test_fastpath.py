@@ -83,6 +83,7 @@ def test_lazy_r1_is_applied_every_kth_step_with_weight_k():
     on, stats_on = v.d_loss(D, real, fake, None, step=8)
     r1 = float(stats_on["r1"])
     assert r1 > 0 and float(on) == pytest.approx(bce + 0.5 * 2.0 * 4 * r1, rel=1e-5)
+    assert float(stats_on["d_loss"]) == pytest.approx(bce, rel=1e-6)  # the history's d_loss
     off, stats_off = v.d_loss(D, real, fake, None, step=9)
     assert float(off) == pytest.approx(bce, rel=1e-6) and math.isnan(float(stats_off["r1"]))
 

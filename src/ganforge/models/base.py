@@ -113,8 +113,9 @@ class Variant:
     def d_loss(
         self, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None, step: int = 0
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss for one discriminator step (``fake`` is detached) and detached stats to log;
-        ``step``: the generator updates so far (for regularisers applied every k-th step)."""
+        """Loss for one discriminator step (``fake`` is detached) and detached stats to log
+        (a ``d_loss`` stat replaces the loss in the history); ``step``: the generator
+        updates so far (for regularisers applied every k-th step)."""
         raise NotImplementedError
 
     def g_loss(
@@ -136,6 +137,9 @@ class BCEVariant(Variant):
         real_logits, fake_logits = D(real, labels), D(fake, labels)
         loss = losses.d_loss_bce(real_logits, fake_logits)
         stats = {
+            # the logged d_loss is the game's loss alone (2 ln 2 at equilibrium): with lazy R1
+            # the penalty lands on every k-th step only and would make the curve a saw
+            "d_loss": loss.detach(),
             "d_real": real_logits.detach().sigmoid().mean(),
             "d_fake": fake_logits.detach().sigmoid().mean(),
         }
