@@ -130,10 +130,18 @@ def test_fid_probe_changes_nothing_and_resume_stays_exact(tmp_path, digits_dir, 
         progress=False,
         featurenet=digits_featurenet,
     )
-    ref = torch.load(tmp_path / "plain/main/generator.pt", weights_only=True)["raw_state_dict"]
+
+    def last_state(run):  # the training state at step 20 (generator.pt may hold the best)
+        return torch.load(list_checkpoints(tmp_path / run / "main/checkpoints")[0], weights_only=True)["G"]  # fmt: skip
+
+    ref = last_state("plain")
     for run in ("probed", "resumed"):
-        got = torch.load(tmp_path / run / "main/generator.pt", weights_only=True)["raw_state_dict"]
+        got = last_state(run)
         assert all(torch.equal(v, got[k]) for k, v in ref.items()), run
+    # the best generator survives the resume: both runs ship the same one
+    a, b = (torch.load(tmp_path / r / "main/generator.pt", weights_only=True) for r in ("probed", "resumed"))  # fmt: skip
+    assert a["step"] == b["step"]
+    assert all(torch.equal(v, b["ema_state_dict"][k]) for k, v in a["ema_state_dict"].items())
     assert len(read_history(tmp_path / "resumed/main")) == 20
     assert [r["step"] for r in _fid_rows(tmp_path / "resumed/main")] == [5, 10, 15, 20]
 
@@ -240,3 +248,45 @@ def test_cuda_fast_path(tmp_path, digits_dir):
     params = tiny_params(train={"device": "cuda", "bf16": True, "channels_last": True, "steps": 20})
     summary = train(params, digits_dir, tmp_path, progress=False)
     assert summary["device"].startswith("cuda") and summary["steps"] == 20
+
+
+def test_the_best_fid_generator_is_shipped_with_its_step(tmp_path, digits_dir, digits_featurenet):
+    """keep=best: generator.pt is the EMA generator of the lowest probe FID, exactly the one a
+    run stopped at that step would ship; keep=last ships the last."""
+    probe = {"sample_every": 5, "fid_samples": 100, "checkpoint_every": 100}
+    params = tiny_params(train={"steps": 40, **probe})
+    summary = train(
+        params, digits_dir, tmp_path / "best", progress=False, featurenet=digits_featurenet
+    )
+    rows = _fid_rows(tmp_path / "best/main")
+    best = min(rows, key=lambda r: r["fid"])
+    assert summary["shipped_step"] == summary["best_probe_step"] == int(best["step"])
+    assert summary["best_probe_fid"] == pytest.approx(best["fid"])
+    shipped = torch.load(tmp_path / "best/main/generator.pt", weights_only=True)
+    assert shipped["step"] == int(best["step"])
+    short = tiny_params(train={"steps": int(best["step"]), **probe, "keep": "last"})
+    train(short, digits_dir, tmp_path / "short", progress=False, featurenet=digits_featurenet)
+    ref = torch.load(tmp_path / "short/main/generator.pt", weights_only=True)
+    for key in ("ema_state_dict", "raw_state_dict"):
+        assert all(torch.equal(v, shipped[key][k]) for k, v in ref[key].items()), key
+    last = train(
+        tiny_params(train={"steps": 40, **probe, "keep": "last"}), digits_dir, tmp_path / "last",
+        progress=False, featurenet=digits_featurenet,
+    )  # fmt: skip
+    assert last["shipped_step"] == 40
+
+
+def test_patience_stops_on_a_plateau_and_max_minutes_on_the_clock(tmp_path, digits_dir, digits_featurenet):  # fmt: skip
+    probe = {"sample_every": 2, "fid_samples": 100, "steps": 400, "lr": 1e-9}  # nothing improves
+    s = train(tiny_params(train={**probe, "patience": 2}), digits_dir, tmp_path / "p",
+              progress=False, featurenet=digits_featurenet)  # fmt: skip
+    rows = _fid_rows(tmp_path / "p/main")
+    assert s["stopped"] == "patience" and s["steps"] < 400
+    assert s["steps"] == rows[-1]["step"] and len(rows) - 1 - rows.index(min(rows, key=lambda r: r["fid"])) == 2  # fmt: skip
+    assert list_checkpoints(tmp_path / "p/main/checkpoints")  # the stop step is checkpointed
+    t = train(tiny_params(train={"steps": 10**6, "max_minutes": 0.02}), digits_dir, tmp_path / "t", progress=False)  # fmt: skip
+    assert t["stopped"] == "max_minutes" and 0 < t["steps"] < 10**6 and t["seconds"] < 30
+    assert (tmp_path / "t/main/generator.pt").is_file()
+    with pytest.raises(ConfigError, match="train.patience"):
+        train(tiny_params(train={"patience": 3}), digits_dir, tmp_path / "np", progress=False)
+    assert not (tmp_path / "np").exists() or not any((tmp_path / "np").iterdir())

@@ -89,6 +89,10 @@ class _TrainCommon(_Section):
     log_every: int = Field(10, ge=1, le=100_000_000)
     grid_size: int = Field(64, ge=1, le=1024)
     fid_samples: int = Field(1000, ge=0, le=100000)
+    augment: Literal["none", "diffaugment", "ada"] = "none"  # ganforge.engine.augment
+    keep: Literal["best", "last"] = "best"  # generator.pt: the best-FID EMA generator or the last
+    patience: int = Field(0, ge=0, le=1_000_000)  # probes without a new best FID; 0 = off
+    max_minutes: float = Field(0.0, ge=0.0, le=1e6)  # wall-clock budget of the loop; 0 = none
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     bf16: Auto = "auto"  # ganforge.core.fastpath: per device, what was measured fastest
     channels_last: Auto = "auto"
@@ -203,6 +207,12 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _compatible(self) -> Params:
+        if self.train.augment == "ada" and not VARIANTS[self.train.model].ada_signal:
+            ada = ", ".join(n for n, v in VARIANTS.items() if v.ada_signal)
+            raise ValueError(
+                f"train.augment: ada adapts to the sign of D(real), which means nothing for "
+                f"train.model={self.train.model} (ada works with {ada}; diffaugment with every family)"
+            )
         allowed = VARIANTS[self.train.model].image_sizes
         size = self.prepare.image_size
         if size not in allowed:

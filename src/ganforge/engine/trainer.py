@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 from ganforge.config import Params
 from ganforge.core import fastpath
 from ganforge.core.device import to_unit_range
+from ganforge.engine.augment import Augment, AugmentedD
 from ganforge.errors import ConfigError
 from ganforge.models import ModelSpec, make_variant
 
@@ -123,6 +124,9 @@ class Trainer:
         self.G = self.variant.make_generator().to(device, memory_format=fmt)
         self.D = self.variant.make_discriminator().to(device, memory_format=fmt)
         self.d_params = list(self.D.parameters())
+        # what D sees: augmented reals and fakes (engine/augment.py), or the images as they are
+        self.augment = Augment(tp.augment, device, tp.seed, tp.batch_size)
+        self.D_seen = AugmentedD(self.D, self.augment) if self.augment.active else self.D
 
         cuda = device.type == "cuda"
         d_lr = tp.d_lr if tp.d_lr is not None else tp.lr
@@ -162,7 +166,7 @@ class Trainer:
         discriminator's weights do not require gradients, so its backward computes only the
         gradient the generator needs (its weight gradients would be thrown away).
         """
-        G, D = self.G, self.D
+        G, D = self.G, self.D_seen
         stats: dict[str, Tensor] = {}
         last = self.variant.d_steps - 1
         for i in range(self.variant.d_steps):
@@ -173,6 +177,8 @@ class Trainer:
                 with torch.set_grad_enabled(i == last):
                     fake = G(self._noise(real.shape[0]), y)  # (B, C, H, W)
                 d_loss, stats = self.variant.d_loss(D, real, fake.detach(), y, self.step_count)
+            if self.augment.mode == "ada":
+                self.augment.observe(stats["d_real_sign"])
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
@@ -214,6 +220,7 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "ema": self.ema.state_dict(),
             "sampler": self.sampler.state_dict(),
+            "augment": self.augment.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -225,6 +232,8 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.ema.load_state_dict(state["ema"])
         self.sampler.load_state_dict(state["sampler"])
+        if "augment" in state:  # checkpoints before augmentation have none
+            self.augment.load_state_dict(state["augment"])
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])

@@ -109,6 +109,9 @@ class Variant:
 
     # stats a step may leave out (NaN in the history): regularisers applied every k-th step
     sparse_stats: ClassVar[tuple[str, ...]] = ()
+    # whether d_loss reports "d_real_sign" = E[sign(D(real))], the overfitting signal of
+    # train.augment=ada (a logit's sign means real/fake; a Wasserstein critic's does not)
+    ada_signal: ClassVar[bool] = False
 
     def d_loss(
         self, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None, step: int = 0
@@ -132,6 +135,7 @@ class BCEVariant(Variant):
 
     settings = {"r1_gamma": R1_GAMMA, "r1_every": R1_EVERY}
     sparse_stats = ("r1",)
+    ada_signal = True
 
     def d_loss(self, D, real, fake, labels, step=0):
         real_logits, fake_logits = D(real, labels), D(fake, labels)
@@ -142,6 +146,7 @@ class BCEVariant(Variant):
             "d_loss": loss.detach(),
             "d_real": real_logits.detach().sigmoid().mean(),
             "d_fake": fake_logits.detach().sigmoid().mean(),
+            "d_real_sign": real_logits.detach().sign().mean(),
         }
         r1_gamma, every = self.config["r1_gamma"], self.config["r1_every"]
         if r1_gamma > 0 and step % every == 0:

@@ -32,12 +32,14 @@ class SNGAN(Variant):
     name = "sngan"
     generator_cls = DCGANGenerator
     discriminator_cls = SNDiscriminator
+    ada_signal = True
 
     def d_loss(self, D, real, fake, labels, step=0):
         real_s, fake_s = D(real, labels), D(fake, labels)
         return losses.d_loss_hinge(real_s, fake_s), {
             "d_real": real_s.detach().mean(),
             "d_fake": fake_s.detach().mean(),
+            "d_real_sign": real_s.detach().sign().mean(),
         }
 
     def g_loss(self, D, fake, labels):

@@ -45,6 +45,7 @@ from ganforge.core.files import atomic_path, claim_dir, mark_dir, replace_dir, w
 from ganforge.core.grids import fixed_grid_inputs, plot_curves, save_grid
 from ganforge.core.progress import Progress
 from ganforge.core.runlog import RUN_FILE, RunLog, Untracked
+from ganforge.engine.best import KeepBest
 from ganforge.engine.trainer import Trainer
 from ganforge.errors import CheckpointError, ConfigError, DivergenceError
 from ganforge.models import save_generator
@@ -165,8 +166,9 @@ def _open_work(run_dir: Path, work: Path, resume: bool) -> None:
     mark_dir(work, "train")
 
 
-def _resume(trainer: Trainer, run_dir: Path, params: Params, split: PreparedSplit, device):
-    """Load the newest intact checkpoint into ``trainer``; returns (loss history, FID history)."""
+def _resume(trainer, best: KeepBest, run_dir: Path, params: Params, split: PreparedSplit, device):
+    """Load the newest intact checkpoint into ``trainer`` and ``best``; returns (loss history,
+    FID history)."""
     state, path = load_latest(run_dir / "checkpoints", map_location=device)
     _check_resumable(state["params"], params, path)
     if state.get("data_sha256") != split.manifest["content_sha256"]:
@@ -174,6 +176,8 @@ def _resume(trainer: Trainer, run_dir: Path, params: Params, split: PreparedSpli
             f"{path}: trained on other data than this dataset (content_sha256 differs)"
         )
     trainer.load_state_dict(state)
+    if state.get("best") is not None:
+        best.load_state_dict(state["best"])
     history = [dict(zip(state["history_cols"], r, strict=True)) for r in state["history"].tolist()]
     fid_rows = [
         r for r in _read_csv(run_dir / "fid_history.csv") if r["step"] <= trainer.step_count
@@ -204,10 +208,10 @@ def _fid_probe(featurenet: str | Path | None, split: PreparedSplit, trainer: Tra
         )  # fmt: skip
 
 
-def _save_checkpoint(trainer: Trainer, history: list[dict[str, float]], run_dir: Path, data_sha256):
+def _save_checkpoint(trainer: Trainer, best: KeepBest, history, run_dir: Path, data_sha256):
     cols = list(history[0]) if history else []
     rows = torch.tensor([[r[c] for c in cols] for r in history], dtype=torch.float64)
-    extra = {"data_sha256": data_sha256, "history_cols": cols, "history": rows}
+    extra = {"data_sha256": data_sha256, "history_cols": cols, "history": rows, "best": best.state_dict()}  # fmt: skip
     save_state({**trainer.state_dict(), **extra}, run_dir / "checkpoints")
     _write_csv(run_dir / "history.csv", history)
 
@@ -242,11 +246,18 @@ def train(
     final_dir = Path(out_dir) / tp.run_name
     run_dir = work_dir(out_dir, tp.run_name)
     trainer = Trainer(params, split.images, split.labels, manifest["num_classes"], device)
+    probe = _fid_probe(featurenet, split, trainer, device)
+    if probe is None and tp.patience:
+        raise ConfigError(
+            f"train.patience: {tp.patience} needs the in-training FID probe (a feature network "
+            "and train.fid_samples > 0); set train.patience=0"
+        )
+    best = KeepBest(tp.patience)
     _open_work(final_dir, run_dir, resume)
     history: list[dict[str, float]] = []
     fid_rows: list[dict[str, float]] = []
     if resume:
-        history, fid_rows = _resume(trainer, run_dir, params, split, device)
+        history, fid_rows = _resume(trainer, best, run_dir, params, split, device)
     record = tracker.record()
     if record is not None:  # this run's provenance, moved into place with its outputs
         write_json(run_dir / RUN_FILE, record)
@@ -257,20 +268,23 @@ def train(
     samples_dir = run_dir / "samples"
     if trainer.step_count == 0:
         save_grid(trainer.sample(z_fixed, y_fixed), samples_dir / "step_00000000.png", nrow)
-    probe = _fid_probe(featurenet, split, trainer, device)
     log.info("%s on %s: %s", tp.model, device, trainer.fast.describe())
     losses = _LossLog(trainer, history, run_dir)
     t_start, step0 = time.perf_counter(), trainer.step_count
 
     bar = Progress(tp.model, device.type, trainer.step_count, tp.steps, progress)
     unsent: list[dict[str, float]] = []  # loss rows go to the tracker at each grid, in one call
-    while trainer.step_count < tp.steps:
+    stopped = "steps"  # or "max_minutes", "patience": why the loop ended
+    while trainer.step_count < tp.steps and stopped == "steps":
         losses.pending.append(trainer.step())
         step = trainer.step_count
-        if step % tp.log_every == 0 or step == tp.steps:
+        if tp.max_minutes and time.perf_counter() - t_start >= 60 * tp.max_minutes:
+            stopped = "max_minutes"
+        last = step == tp.steps or stopped != "steps"
+        if step % tp.log_every == 0 or last:
             unsent += losses.flush()
             bar.update(step, history[-1], losses.rate)
-        if step % tp.sample_every == 0 or step == tp.steps:
+        if step % tp.sample_every == 0 or last:
             grid_path = samples_dir / f"step_{step:08d}.png"
             save_grid(trainer.sample(z_fixed, y_fixed), grid_path, nrow)
             tracker.log_artifact(grid_path, "samples")
@@ -279,11 +293,16 @@ def train(
                 fid_rows.append({"step": step, "fid": probe(trainer.sample)})
                 _write_csv(run_dir / "fid_history.csv", fid_rows)
                 tracker.log_metrics({"fid_ema": fid_rows[-1]["fid"]}, step)
-        if step % tp.checkpoint_every == 0 or step % tp.sample_every == 0 or step == tp.steps:
+                best.update(step, fid_rows[-1]["fid"], trainer.ema.module, trainer.G)
+                if best.plateaued and not last:
+                    stopped, last = "patience", True
+        if step % tp.checkpoint_every == 0 or step % tp.sample_every == 0 or last:
             tracker.log_history(unsent + losses.flush())
             unsent = []
-        if step % tp.checkpoint_every == 0 or step == tp.steps:
-            _save_checkpoint(trainer, history, run_dir, manifest["content_sha256"])
+        if step % tp.checkpoint_every == 0 or last:
+            _save_checkpoint(trainer, best, history, run_dir, manifest["content_sha256"])
+    if stopped != "steps":
+        log.info("stopped at step %d of %d: train.%s", trainer.step_count, tp.steps, stopped)
     bar.close()
     tracker.log_history(unsent + losses.flush())
     elapsed = time.perf_counter() - t_start
@@ -301,11 +320,25 @@ def train(
         "final_g_loss": history[-1]["g_loss"] if history else None,
         "torch": torch.__version__,
         "fast_path": trainer.fast.record(),
+        "stopped": stopped,  # steps | max_minutes | patience
+        **_ship(trainer, best, tp.keep),
     }
     _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker)
     claim_dir(final_dir, "train")
     replace_dir(run_dir, final_dir)  # the run's outputs move into place together
     return summary
+
+
+def _ship(trainer: Trainer, best: KeepBest, keep: str) -> dict[str, Any]:
+    """Put the generator to ship into ``trainer`` (the best-FID one for keep=best when the
+    probe ran; training is over, its last state is in the checkpoints) and say which it is."""
+    if keep == "best" and best.step is not None and best.step != trainer.step_count:
+        trainer.ema.module.load_state_dict(best.ema)
+        trainer.G.load_state_dict(best.raw)
+        log.info("generator.pt: step %d (probe FID %.4g), the best of the run", best.step, best.fid)
+    shipped = best.step if keep == "best" and best.step is not None else trainer.step_count
+    fid = best.fid if best.step is not None else None
+    return {"shipped_step": shipped, "best_probe_fid": fid, "best_probe_step": best.step}
 
 
 def _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker) -> None:
@@ -325,7 +358,7 @@ def _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows
         raw_state=trainer.G.state_dict(),
         params=params.model_dump(),
         data={k: manifest[k] for k in DATA_KEYS},
-        step=trainer.step_count,
+        step=summary["shipped_step"],
     )
     write_json(run_dir / "summary.json", summary)
     plot_curves(history, fid_rows, run_dir / "curves.png")

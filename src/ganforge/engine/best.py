@@ -1,0 +1,48 @@
+"""Keep the best, not the last: the best-FID EMA generator of a run, and the plateau rule.
+
+The in-training FID probe scores the EMA generator at every sample grid; ``KeepBest`` holds a
+host copy of the EMA and raw generator weights of the lowest FID so far, so a run that trains
+past its best still ships its best. ``patience`` (in probes, 0 = off) says when the run has
+stopped improving. Its state goes into checkpoints: a resumed run keeps the same best.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor, nn
+
+
+def _host_copy(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+class KeepBest:
+    def __init__(self, patience: int = 0) -> None:
+        self.patience = patience
+        self.step: int | None = None  # the step of the best FID so far
+        self.fid = math.inf
+        self.ema: dict[str, Tensor] | None = None
+        self.raw: dict[str, Tensor] | None = None
+        self.since = 0  # probes since the best
+
+    def update(self, step: int, fid: float, ema: nn.Module, raw: nn.Module) -> bool:
+        """Record a probe; True when it is a new best (strictly lower FID)."""
+        if fid < self.fid:
+            self.step, self.fid, self.since = step, fid, 0
+            self.ema, self.raw = _host_copy(ema), _host_copy(raw)
+            return True
+        self.since += 1
+        return False
+
+    @property
+    def plateaued(self) -> bool:
+        return self.patience > 0 and self.since >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "fid": self.fid, "since": self.since, "ema": self.ema, "raw": self.raw}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.fid, self.since = state["step"], state["fid"], state["since"]
+        self.ema, self.raw = state["ema"], state["raw"]
