@@ -80,6 +80,11 @@ class FastPath:
             "fast_path_why": self.why,
         }
 
+    @classmethod
+    def plain(cls) -> FastPath:
+        """fp32, contiguous, not compiled, threads as they are: the reference numerics."""
+        return cls(False, False, False, torch.get_num_threads(), "fp32")
+
     def describe(self) -> str:
         """For the stage's log line: ``bf16 on, channels-last on, compile off, 2 threads``."""
         on = {True: "on", False: "off"}

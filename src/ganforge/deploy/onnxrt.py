@@ -23,7 +23,8 @@ from ganforge.core.cores import usable_cores
 from ganforge.errors import GanforgeError
 
 # Above this many seconds per image on one thread, a generator gets every usable core.
-# Measured on the 2-core CPU (benchmarks/RESULTS.md, "ONNX threads"): one intra-op thread was
+# Measured on the 2-core CPU (benchmarks/RESULTS.md, "ONNX generation: onnxruntime session
+# options", benchmarks/onnx_speed.py): one intra-op thread was
 # faster for the 16 px default (27 us/image) and a 28 px DCGAN (65 us), two threads 1.6x
 # faster for the 64 px DCGAN (1.6 ms); the switch sits between the two measurements.
 SINGLE_THREAD_MAX_S = 3e-4

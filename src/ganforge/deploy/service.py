@@ -280,7 +280,6 @@ def run_server(model_ref: str, host: str, port: int, threads: int | None = None)
         raise ConfigError(
             f"--host/--port: cannot listen on {host}:{port} ({exc.strerror})"
         ) from None
-    check_threads(threads)
-    app = create_app(model_ref, threads)
+    app = create_app(model_ref, threads)  # checks threads before loading the model
     log.info("serving %s on http://%s:%d (OpenAPI at /docs)", model_ref, host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **LIMITS)

@@ -93,9 +93,8 @@ class Augment:
         return x
 
     def observe(self, real_logits: Tensor) -> None:
-        """ada: record sign(D(real)) of one step; adjust p every ``ADA_INTERVAL`` steps."""
-        if self.mode != "ada":
-            return
+        """ada (the trainer calls it then only): record E[sign(D(real))] of one step; adjust p
+        every ``ADA_INTERVAL`` steps."""
         self.signs.append(real_logits.detach().float().sign().mean())
         if len(self.signs) >= ADA_INTERVAL:
             r_t = float(torch.stack(self.signs).mean())  # one host sync per interval

@@ -19,7 +19,6 @@ All run a fixed number of optimiser steps (``resolve_steps``): epochs would give
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -115,8 +114,8 @@ def fit_featurenet(
     """Train ``net`` in place for ``steps`` optimiser steps with ``objective``; ``fast``:
     bf16 autocast and channels-last (ganforge.core.fastpath), weights and losses fp32."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    amp = fast.autocast(device) if fast else contextlib.nullcontext()
-    fmt = fast.memory_format if fast else torch.contiguous_format
+    fast = fast or FastPath.plain()
+    amp, fmt = fast.autocast(device), fast.memory_format
     net.to(memory_format=fmt)
     x_all = to_unit_range(images, device)  # (N, C, S, S) in [-1, 1]
     y_all = torch.as_tensor(labels, device=device)

@@ -123,7 +123,6 @@ class Trainer:
         fmt = self.memory_format = self.fast.memory_format
         self.G = self.variant.make_generator().to(device, memory_format=fmt)
         self.D = self.variant.make_discriminator().to(device, memory_format=fmt)
-        self.d_params = list(self.D.parameters())
         # what D sees: augmented reals and fakes (engine/augment.py), or the images as they are
         self.augment = Augment(tp.augment, device, tp.seed, tp.batch_size)
         self.D_seen = AugmentedD(self.D, self.augment) if self.augment.active else self.D
@@ -183,15 +182,13 @@ class Trainer:
             d_loss.backward()
             self.opt_d.step()
 
-        for p in self.d_params:
-            p.requires_grad_(False)
+        self.D.requires_grad_(False)
         with self.amp:
             g_loss, g_stats = self.variant.g_loss(D, fake, y)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
-        for p in self.d_params:
-            p.requires_grad_(True)
+        self.D.requires_grad_(True)
 
         self.ema_fn.set_step(self.step_count)
         self.ema.update_parameters(G)

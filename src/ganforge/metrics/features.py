@@ -56,7 +56,7 @@ class DomainFeatures(FeatureExtractor):
         self, path: str | Path, device: torch.device, batch: int, fast: FastPath | None = None
     ) -> None:
         self.net, meta = load_featurenet(path, device)
-        self.fast = fast or FastPath(False, False, False, torch.get_num_threads(), "fp32")
+        self.fast = fast or FastPath.plain()
         self.net.to(memory_format=self.fast.memory_format)
         self.device, self.batch = device, batch
         self.name = "featurenet"

@@ -122,6 +122,7 @@ def _load_inputs(ep: EvaluateParams, data_dir, generator_path, featurenet_path, 
     if ep.features == "featurenet":
         fast = fastpath.resolve(device, ep.bf16, ep.channels_last)  # the standard Inception: fp32
         extractor = DomainFeatures(featurenet_path, device, ep.batch_size, fast)
+        log.info("feature network on %s: %s", device, fast.describe())
         if extractor.meta["data_sha256"] != data_sha:
             raise EvaluationError(
                 f"{featurenet_path}: trained on other data than {data_dir}; rerun `ganforge featurenet`"
