@@ -46,8 +46,18 @@ def fid(real: Tensor, fake: Tensor) -> float:
     return float(metric.compute())
 
 
-def fid_bootstrap(real: Tensor, fake: Tensor, replicates: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of FID under resampling the rows of both sets."""
+def fid_bootstrap(
+    real: Tensor, fake: Tensor, replicates: int, seed: int, estimate: float | None = None
+) -> tuple[float, float]:
+    """95% interval of FID from resampling the rows of both sets, centred on ``estimate``.
+
+    Resampling with replacement duplicates rows, and a duplicate lowers the sets' effective
+    size, which raises FID: every replicate is biased upward, by far more than the sampling
+    spread when FID is near zero (a digits cdcgan: FID 0.1206, plain percentile interval
+    [0.1515, 0.3924], wholly above it). So the interval is the replicates' 2.5-97.5% spread
+    around their median, moved onto the estimate: [F - (med - q2.5), F + (q97.5 - med)],
+    clipped at 0 (a bias-corrected percentile interval). ``estimate``: the FID of the two
+    sets as given (computed here when None)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if replicates <= 0:
@@ -61,8 +71,9 @@ def fid_bootstrap(real: Tensor, fake: Tensor, replicates: int, seed: int) -> tup
         metric.update(real64[torch.randint(len(real64), (len(real64),), generator=g)], real=True)
         metric.update(fake64[torch.randint(len(fake64), (len(fake64),), generator=g)], real=False)
         values.append(float(metric.compute()))
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+    lo, med, hi = np.percentile(values, [2.5, 50.0, 97.5])
+    f = fid(real, fake) if estimate is None else estimate
+    return max(0.0, f - (med - lo)), f + (hi - med)
 
 
 def kid(

@@ -14,7 +14,8 @@ Protocol (every number in ``eval.json`` comes with it under ``protocol``):
    and logits (N, K).
 3. FID and KID are torchmetrics' (the features are passed through an identity module,
    so the Frechet and kernel maths are the library's); IS is torchmetrics' on the logits.
-4. ``fid_ci95``: percentile bootstrap over the feature rows of both sets.
+4. ``fid_ci95``: bootstrap over the feature rows of both sets, its spread centred on the
+   estimate (metrics/scores.py ``fid_bootstrap`` says why).
 5. ``fid_floor``: FID between two disjoint halves of the real pool, each of ``m`` images;
    ``fid_at_floor_samples`` is the model's FID at the same ``m``, so the two compare
    like with like. A model cannot be told from real data when they overlap.
@@ -153,7 +154,7 @@ def _scores(
     disjoint halves of m, the model's FID at m, KID and IS -> (scores, the floor unrounded)."""
     real_f, half_a, half_b = real_pool[:n_real], real_pool[:m], real_pool[m : 2 * m]
     fid_value = fid(real_f, fake_f)
-    lo, hi = fid_bootstrap(real_f, fake_f, ep.bootstrap, ep.seed)
+    lo, hi = fid_bootstrap(real_f, fake_f, ep.bootstrap, ep.seed, fid_value)
     kid_mean, kid_std = kid(real_f, fake_f, ep.kid_subsets, ep.kid_subset_size, ep.seed)
     is_mean, is_std = (
         inception_score(fake_logits, ep.is_splits, ep.seed)
