@@ -301,8 +301,9 @@ def test_inception_weights_must_be_plain_tensors(tmp_path):
 
 @pytest.mark.slow
 def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
-    """The `make run` model (default params: DCGAN + R1, 3,000 steps) and the default feature
-    network: full class coverage, no collapse flag, FID well above the real-data floor."""
+    """The `make run` model (default params: cdcgan + R1, 2,600 steps) and the default feature
+    network: full class coverage, no collapse flag, and issue 15's target for it: FID within
+    5x the real-data floor (measured 0.5253 against 0.3117 at 3,000 steps, RESULTS.md)."""
     from ganforge.config import load_params
     from ganforge.stages.featurenet import train_featurenet
 
@@ -323,4 +324,4 @@ def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
         m["class_histogram"],
         m["kl_class"],
     )
-    assert m["fid_floor"] < m["fid_ci95"][0]
+    assert m["fid"] <= 5 * m["fid_floor"], (m["fid"], m["fid_floor"])

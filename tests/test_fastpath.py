@@ -114,17 +114,18 @@ def test_onnx_threads_one_for_a_cheap_generator_all_cores_for_a_costly_one(tiny_
 
 
 @pytest.mark.slow
-def test_auto_fid_stays_inside_the_fp32_interval_on_digits_and_mnist(tmp_path, mnist_dir):
+def test_auto_fid_stays_inside_the_fp32_interval_on_digits(tmp_path):
     """The default pipeline (feature network, training, evaluation) with ``auto`` vs all fp32,
-    default params (3,000 steps): the auto run's FID lies inside the fp32 run's 95% interval.
-    (Not so mid-run: at 1,000 steps on MNIST, while the FID still falls fast, auto gave 13.8194
+    default params: the auto run's FID lies inside the fp32 run's 95% interval. MNIST at
+    28 px was measured the same way (inside, at the then-default 3,000 dcgan steps) with
+    ``python -m benchmarks.precision``, and is left to that benchmark to keep the suite's time.
+    (Not so mid-run: at 1,000 steps on MNIST, while the FID still fell fast, auto gave 13.8194
     against fp32's 13.1815 [12.8199, 13.6691]: two GAN runs that differ in the last bits part
-    ways mid-run; at the default 3,000 steps both datasets were inside, benchmarks/RESULTS.md.)"""
+    ways mid-run; benchmarks/RESULTS.md.)"""
     from benchmarks.precision import compare
 
-    for dataset in ("digits", "mnist"):
-        out = compare(dataset, mnist_dir, None, tmp_path)
-        if out["auto"]["fast_path"]["bf16"] is False:
-            pytest.skip("this CPU has no native bf16: auto runs fp32, nothing to compare")
-        assert out["auto_inside_fp32_interval"], (dataset, out["fp32"], out["auto"])
-        assert out["auto"]["mode_collapse"] == out["fp32"]["mode_collapse"] is False
+    out = compare("digits", None, None, tmp_path)
+    if out["auto"]["fast_path"]["bf16"] is False:
+        pytest.skip("this CPU has no native bf16: auto runs fp32, nothing to compare")
+    assert out["auto_inside_fp32_interval"], (out["fp32"], out["auto"])
+    assert out["auto"]["mode_collapse"] == out["fp32"]["mode_collapse"] is False

@@ -67,7 +67,7 @@ def test_dvc_repro_runs_every_stage(reproduced):
     ex = json.loads((p / "metrics/export.json").read_text())
     pr = json.loads((p / "metrics/promote.json").read_text())
     assert ex["parity_max_abs_diff"] <= ex["parity_tolerance"] == 1e-4
-    assert pr["version"] == "1" and pr["registered_model"] == "ganforge-digits-dcgan"
+    assert pr["version"] == "1" and pr["registered_model"] == "ganforge-digits-cdcgan"
     assert pr["promote"] == (
         not ev["mode_collapse"]
     )  # the first version is champion unless flagged
@@ -169,7 +169,7 @@ def test_temp_experiment_records_into_the_project_store(reproduced):
 
     uri = f"sqlite:///{reproduced}/mlflow.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = "ganforge-digits-dcgan"
+    name = "ganforge-digits-cdcgan"
     versions_before = len(client.search_model_versions(f"name = '{name}'"))
     dvc(reproduced, "exp", "run", "--temp", "-S", "train.steps=120", "-S", "train.seed=5")
     exp = client.get_experiment_by_name("ganforge-digits")

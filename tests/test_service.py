@@ -297,7 +297,7 @@ def test_a_registry_lookup_elsewhere_names_the_uri_and_creates_no_store(tmp_path
     """`ganforge generate --model models:/...` outside a project, without MLFLOW_TRACKING_URI:
     one line naming the URI it tried and how to set it; no empty mlflow.db left behind."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.run([sys.executable, "-m", "ganforge", "generate", "--model", "models:/ganforge-digits-dcgan@champion",
+    proc = subprocess.run([sys.executable, "-m", "ganforge", "generate", "--model", "models:/ganforge-digits-cdcgan@champion",
                            "--out", str(tmp_path / "g.png")], capture_output=True, text=True, cwd=tmp_path, env=env)  # fmt: skip
     assert proc.returncode == 1
     line = proc.stderr.strip().splitlines()[-1]

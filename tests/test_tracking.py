@@ -123,7 +123,7 @@ def test_pipeline_against_the_server(mlflow_server, tmp_path):
     ev = read_metrics(project / "metrics/eval.json")
     pr = json.loads((project / "metrics/promote.json").read_text())
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)  # REST
-    name = "ganforge-digits-dcgan"
+    name = "ganforge-digits-cdcgan"
     v1 = client.get_model_version(name, "1")
     assert float(v1.tags["fid"]) == ev["fid"] and v1.tags["role"] == (
         "champion" if pr["promote"] else "challenger"

@@ -3,8 +3,8 @@
 Neither imports torch: a deployment needs onnxruntime (or onnxruntime-gpu), numpy,
 pillow, and for the service FastAPI + uvicorn.
 
-    ganforge generate --model models:/ganforge-digits-dcgan@champion -n 64 --seed 0 --out grid.png
-    ganforge serve --model models:/ganforge-digits-dcgan@champion --port 8000
+    ganforge generate --model models:/ganforge-digits-cdcgan@champion -n 64 --seed 0 --out grid.png
+    ganforge serve --model models:/ganforge-digits-cdcgan@champion --port 8000
 
 HTTP API (OpenAPI at /docs):
     GET  /generate?n=16&seed=1&label=3  -> PNG grid (n in 1..256, seed >= 0, label only for
