@@ -115,6 +115,37 @@ def test_generate_from_the_registry(reproduced, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_dvc_remote_gives_another_clone_the_same_results(reproduced, tmp_path):
+    """`dvc push` to a (local-directory) remote, `git clone` + `dvc pull` elsewhere: the clone
+    has exactly the data, models and metrics (status clean, repro does nothing, same PNG)."""
+    import shutil
+
+    first, remote, clone = tmp_path / "first", tmp_path / "remote", tmp_path / "clone"
+    shutil.copytree(reproduced, first, symlinks=True)
+    dvc(first, "remote", "add", "-d", "team", str(remote))
+    dvc(first, "push")
+    run(["git", "add", "-A"], first)  # dvc.lock, the uncached metrics, the remote's config
+    run(["git", "commit", "-qm", "reproduced"], first)
+    run(["git", "clone", "-q", str(first), str(clone)], tmp_path)
+    assert not (clone / "exported").exists()  # only git's files so far
+    dvc(clone, "pull")
+    assert "up to date" in dvc(clone, "status").stdout
+    repro = dvc(clone, "repro").stdout
+    assert "Running stage" not in repro, repro
+    for name in (
+        "metrics/eval.json",
+        "metrics/export.json",
+        "models/main/generator.pt",
+        "data/prepared/train.npz",
+    ):
+        assert (clone / name).read_bytes() == (first / name).read_bytes(), name
+    for project in (first, clone):
+        run([sys.executable, "-m", "ganforge", "generate", "--model", "exported/main.onnx", "-n", "16",
+             "--out", str(project / "grid.png")], project)  # fmt: skip
+    assert (clone / "grid.png").read_bytes() == (first / "grid.png").read_bytes()
+
+
+@pytest.mark.slow
 def test_exp_run_with_another_model(reproduced):
     dvc(
         reproduced,

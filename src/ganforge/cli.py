@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,7 @@ def _featurenet(args: argparse.Namespace) -> dict[str, Any]:
     return train_featurenet(_params(args), args.data, args.out)
 
 
-def _train(args: argparse.Namespace) -> dict[str, Any]:
+def _train(args: argparse.Namespace) -> dict[str, Any] | None:
     from ganforge.core.dataset import read_manifest
     from ganforge.stages.train import train
     from ganforge.tracking import training_run
@@ -72,6 +73,16 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     params = _params(args)
     featurenet = args.featurenet if Path(args.featurenet).is_file() else None
     progress = not args.no_progress and sys.stderr.isatty()
+    if "WORLD_SIZE" not in os.environ and params.train.nproc_per_node > 1:
+        from ganforge.engine.distributed import launch
+
+        launch(params.train.nproc_per_node, args.argv)  # rank 0 prints the summary
+        return None
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other ranks: no tracking, no output
+        train(
+            params, args.data, args.out, resume=args.resume, progress=False, featurenet=featurenet
+        )
+        return None
     with training_run(params, read_manifest(args.data)) as run:
         summary = train(params, args.data, args.out, resume=args.resume, progress=progress,
                         tracker=run, featurenet=featurenet)  # fmt: skip
@@ -261,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"ganforge {args.stage}: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         result = args.handler(args)
     except GanforgeError as exc:
@@ -273,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ganforge {args.stage}: interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(result))
+    if result is not None:  # None: printed by another process (torchrun's rank 0)
+        print(json.dumps(result))
     return 0
 
 

@@ -94,6 +94,9 @@ class _TrainCommon(_Section):
     patience: int = Field(0, ge=0, le=1_000_000)  # probes without a new best FID; 0 = off
     max_minutes: float = Field(0.0, ge=0.0, le=1e6)  # wall-clock budget of the loop; 0 = none
     device: str = Field("auto", pattern=DEVICE_PATTERN)
+    nproc_per_node: int = Field(
+        1, ge=1, le=1024
+    )  # processes (data parallel, torchrun); batch_size is global
     bf16: Auto = "auto"  # ganforge.core.fastpath: per device, what was measured fastest
     channels_last: Auto = "auto"
     compile: Auto = "auto"

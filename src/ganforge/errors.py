@@ -23,3 +23,7 @@ class CheckpointError(GanforgeError):
 
 class DivergenceError(GanforgeError):
     """A loss became non-finite during training."""
+
+
+class LaunchError(GanforgeError):
+    """A multi-process run (torchrun) stopped because one of its processes failed."""

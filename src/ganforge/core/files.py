@@ -13,6 +13,7 @@ mistyped ``--out`` can never delete a user's folder.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -153,3 +154,22 @@ def read_metrics(metrics_path: str | Path) -> Any:
         if isinstance(extra, dict):
             data = {**extra, **data}
     return data
+
+
+def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    """Rows of numbers as CSV (columns: every key, first seen first), atomically; none: no file."""
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    """``write_csv``'s rows back as floats; no file: no rows."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]

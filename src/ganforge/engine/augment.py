@@ -26,26 +26,44 @@ ADA_INTERVAL = 4  # steps between adjustments
 ADA_KIMG = 100  # thousand real images for p to be able to go from 0 to 1 (the paper: 500; our runs are short)
 
 
-def _rand(n: int, gen: torch.Generator, device) -> Tensor:
-    return torch.rand(n, 1, 1, 1, generator=gen, device=gen.device).to(device)
+Shard = tuple[int, int]  # (rank, world size): draws are made for the global batch, then sliced
+ONE: Shard = (0, 1)
 
 
-def _colour(x: Tensor, gen: torch.Generator) -> Tensor:
+def _mine(draw: Tensor, n: int, shard: Shard) -> Tensor:
+    """This rank's n rows of a draw made for all ranks (so every rank's generator stays equal
+    and a run draws the same numbers on any number of ranks)."""
+    return draw[shard[0] * n : (shard[0] + 1) * n]
+
+
+def _rand(n: int, gen: torch.Generator, device, shard: Shard = ONE) -> Tensor:
+    u = torch.rand(n * shard[1], 1, 1, 1, generator=gen, device=gen.device)
+    return _mine(u, n, shard).to(device)
+
+
+def _randint(lo: int, hi: int, n: int, gen: torch.Generator, device, shard: Shard) -> Tensor:
+    r = torch.randint(lo, hi, (n * shard[1], 1, 1), generator=gen, device=gen.device)
+    return _mine(r, n, shard).to(device)
+
+
+def _colour(x: Tensor, gen: torch.Generator, shard: Shard = ONE) -> Tensor:
     n, c = x.shape[:2]
-    x = x + (_rand(n, gen, x.device) - 0.5)  # brightness +-0.5 (images span 2)
+    x = x + (_rand(n, gen, x.device, shard) - 0.5)  # brightness +-0.5 (images span 2)
     if c == 3:
         mean = x.mean(dim=1, keepdim=True)
-        x = (x - mean) * (_rand(n, gen, x.device) * 2) + mean  # saturation x[0, 2]
+        x = (x - mean) * (_rand(n, gen, x.device, shard) * 2) + mean  # saturation x[0, 2]
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (_rand(n, gen, x.device) + 0.5) + mean  # contrast x[0.5, 1.5]
+    return (x - mean) * (_rand(n, gen, x.device, shard) + 0.5) + mean  # contrast x[0.5, 1.5]
 
 
-def _translation(x: Tensor, gen: torch.Generator, ratio: float = 0.125) -> Tensor:
+def _translation(
+    x: Tensor, gen: torch.Generator, shard: Shard = ONE, ratio: float = 0.125
+) -> Tensor:
     """Shift each image by up to ratio x side in x and y, filling with -1 (black)."""
     n, _, h, w = x.shape
     sh, sw = max(1, int(h * ratio + 0.5)), max(1, int(w * ratio + 0.5))
-    dy = torch.randint(-sh, sh + 1, (n, 1, 1), generator=gen, device=gen.device).to(x.device)
-    dx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=gen, device=gen.device).to(x.device)
+    dy = _randint(-sh, sh + 1, n, gen, x.device, shard)  # (N, 1, 1)
+    dx = _randint(-sw, sw + 1, n, gen, x.device, shard)
     ys = torch.arange(h, device=x.device).view(1, h, 1) - dy  # (N, H, 1) source rows
     xs = torch.arange(w, device=x.device).view(1, 1, w) - dx  # (N, 1, W) source columns
     inside = ((ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)).unsqueeze(1)  # (N, 1, H, W)
@@ -55,12 +73,12 @@ def _translation(x: Tensor, gen: torch.Generator, ratio: float = 0.125) -> Tenso
     return torch.where(inside, out, torch.full_like(out, -1.0))
 
 
-def _cutout(x: Tensor, gen: torch.Generator, ratio: float = 0.5) -> Tensor:
+def _cutout(x: Tensor, gen: torch.Generator, shard: Shard = ONE, ratio: float = 0.5) -> Tensor:
     """Zero (grey 0 in [-1, 1]) a square of ratio x side at a random place in each image."""
     n, _, h, w = x.shape
     ch, cw = max(1, int(h * ratio + 0.5)), max(1, int(w * ratio + 0.5))
-    cy = torch.randint(0, h, (n, 1, 1), generator=gen, device=gen.device).to(x.device)
-    cx = torch.randint(0, w, (n, 1, 1), generator=gen, device=gen.device).to(x.device)
+    cy = _randint(0, h, n, gen, x.device, shard)
+    cx = _randint(0, w, n, gen, x.device, shard)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     hole = ((ys - cy).abs() <= ch // 2) & ((xs - cx).abs() <= cw // 2)  # (N, H, W)
@@ -73,8 +91,10 @@ OPS = (_colour, _translation, _cutout)
 class Augment:
     """``mode``: none | diffaugment | ada. ``__call__(x)`` augments a batch."""
 
-    def __init__(self, mode: str, device: torch.device, seed: int, batch_size: int) -> None:
-        self.mode, self.batch_size = mode, batch_size
+    def __init__(
+        self, mode: str, device: torch.device, seed: int, batch_size: int, shard: Shard = ONE
+    ) -> None:
+        self.mode, self.batch_size, self.shard = mode, batch_size, shard
         self.gen = torch.Generator(device=device).manual_seed(seed + 7)
         self.p = 1.0 if mode == "diffaugment" else 0.0
         self.signs: list[Tensor] = []  # sign(D(real)) means since the last adjustment
@@ -86,10 +106,10 @@ class Augment:
     def __call__(self, x: Tensor) -> Tensor:
         for op in OPS:
             if self.p >= 1.0:
-                x = op(x, self.gen)
+                x = op(x, self.gen, self.shard)
             elif self.p > 0.0:  # ada: each image gets the operation with probability p
-                keep = _rand(len(x), self.gen, x.device) < self.p
-                x = torch.where(keep, op(x, self.gen), x)
+                keep = _rand(len(x), self.gen, x.device, self.shard) < self.p
+                x = torch.where(keep, op(x, self.gen, self.shard), x)
         return x
 
     def observe(self, real_logits: Tensor) -> None:

@@ -23,6 +23,7 @@ from ganforge.config import Params
 from ganforge.core import fastpath
 from ganforge.core.device import to_unit_range
 from ganforge.engine.augment import Augment, AugmentedD
+from ganforge.engine.distributed import World, globalise_batchnorm
 from ganforge.errors import ConfigError
 from ganforge.models import ModelSpec, make_variant
 
@@ -55,14 +56,22 @@ class BatchSampler:
     """Batches drawn from a uint8 tensor held on the training device (or in pinned host memory).
 
     Each epoch is a fresh permutation from a dedicated generator; an incomplete final batch
-    is dropped. ``state_dict`` makes the order resumable mid-epoch.
+    is dropped. ``state_dict`` makes the order resumable mid-epoch. Under torchrun every rank
+    walks the same permutation in global batches and returns its ``shard`` of each.
     """
 
     def __init__(
-        self, images: Tensor, labels: Tensor, batch_size: int, seed: int, device: torch.device
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        shard: slice = slice(None),
     ) -> None:
         self.images, self.labels = images, labels  # uint8 (N, C, H, W), int64 (N,)
         self.batch_size, self.device = batch_size, device
+        self.shard = shard  # this rank's rows of the global batch (engine/distributed.py)
         self.index_device = images.device
         self.gen = torch.Generator(device=self.index_device).manual_seed(seed)
         self.perm = torch.randperm(len(images), generator=self.gen, device=self.index_device)
@@ -75,7 +84,7 @@ class BatchSampler:
                 len(self.images), generator=self.gen, device=self.index_device
             )
             self.cursor = 0
-        idx = self.perm[self.cursor : self.cursor + self.batch_size]
+        idx = self.perm[self.cursor : self.cursor + self.batch_size][self.shard]
         self.cursor += self.batch_size
         y = self.labels[idx].to(self.device, non_blocking=True)
         return to_unit_range(self.images[idx], self.device), y
@@ -100,9 +109,12 @@ class Trainer:
         labels: np.ndarray,
         num_classes: int,
         device: torch.device,
+        world: World | None = None,
     ) -> None:
         tp = params.train
         self.params, self.device = params, device
+        self.world = world or World()
+        self.shard = self.world.shard(tp.batch_size)
         n, channels, size, _ = images.shape
         if tp.batch_size > n:
             raise ConfigError(
@@ -123,8 +135,14 @@ class Trainer:
         fmt = self.memory_format = self.fast.memory_format
         self.G = self.variant.make_generator().to(device, memory_format=fmt)
         self.D = self.variant.make_discriminator().to(device, memory_format=fmt)
+        if self.world.active:  # global-batch BatchNorm, rank 0's initial weights everywhere
+            for model in (self.G, self.D):
+                globalise_batchnorm(model)
+                self.world.broadcast_module(model)
         # what D sees: augmented reals and fakes (engine/augment.py), or the images as they are
-        self.augment = Augment(tp.augment, device, tp.seed, tp.batch_size)
+        self.augment = Augment(
+            tp.augment, device, tp.seed, tp.batch_size, (self.world.rank, self.world.size)
+        )
         self.D_seen = AugmentedD(self.D, self.augment) if self.augment.active else self.D
 
         cuda = device.type == "cuda"
@@ -146,15 +164,18 @@ class Trainer:
         if data_device.type == "cpu" and cuda:
             x, y = x.pin_memory(), y.pin_memory()
         self.sampler = BatchSampler(
-            x.to(data_device), y.to(data_device), tp.batch_size, tp.seed, device
+            x.to(data_device), y.to(data_device), tp.batch_size, tp.seed, device, self.shard
         )
 
         if self.fast.compile:
             self.G.compile()
             self.D.compile()
 
-    def _noise(self, n: int) -> Tensor:
-        return torch.randn(n, self.spec.latent_dim, device=self.device)
+    def _noise(self) -> Tensor:
+        """(B/W, latent): this rank's rows of the global batch's noise (all of it drawn, so the
+        RNG stream is the same on every rank and for every world size)."""
+        z = torch.randn(self.params.train.batch_size, self.spec.latent_dim, device=self.device)
+        return z[self.shard]
 
     def step(self) -> dict[str, Tensor]:
         """One training step; returns detached 0-d loss tensors on the device (no host sync).
@@ -174,12 +195,13 @@ class Trainer:
             y = labels if self.conditional else None
             with self.amp:
                 with torch.set_grad_enabled(i == last):
-                    fake = G(self._noise(real.shape[0]), y)  # (B, C, H, W)
+                    fake = G(self._noise(), y)  # (B/W, C, H, W)
                 d_loss, stats = self.variant.d_loss(D, real, fake.detach(), y, self.step_count)
-            if self.augment.mode == "ada":
-                self.augment.observe(stats["d_real_sign"])
+            if self.augment.mode == "ada":  # p must move alike on every rank: the global signal
+                self.augment.observe(self.world.mean(stats)["d_real_sign"])
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
+            self.world.average_gradients(self.D)
             self.opt_d.step()
 
         self.D.requires_grad_(False)
@@ -187,13 +209,15 @@ class Trainer:
             g_loss, g_stats = self.variant.g_loss(D, fake, y)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
+        self.world.average_gradients(self.G)
         self.opt_g.step()
         self.D.requires_grad_(True)
 
         self.ema_fn.set_step(self.step_count)
         self.ema.update_parameters(G)
         self.step_count += 1
-        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), **stats, **g_stats}
+        out = {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), **stats, **g_stats}
+        return self.world.mean(out)  # the global batch's means (one all-reduce; none alone)
 
     @torch.no_grad()
     def sample(self, z: Tensor, labels: Tensor | None = None, ema: bool = True) -> Tensor:

@@ -26,28 +26,27 @@ keeps its own checkpoints in the partial directory for ``--resume``.
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from ganforge.config import Params
 from ganforge.core.checkpoint import list_checkpoints, load_latest, save_state
 from ganforge.core.dataset import PreparedSplit, load_split
 from ganforge.core.device import resolve_device
-from ganforge.core.files import atomic_path, claim_dir, mark_dir, replace_dir, write_json
+from ganforge.core.files import claim_dir, mark_dir, read_csv, replace_dir, write_csv, write_json
 from ganforge.core.grids import fixed_grid_inputs, plot_curves, save_grid
 from ganforge.core.progress import Progress
 from ganforge.core.runlog import RUN_FILE, RunLog, Untracked
 from ganforge.engine.best import KeepBest
+from ganforge.engine.distributed import World
+from ganforge.engine.losslog import LossLog
 from ganforge.engine.trainer import Trainer
-from ganforge.errors import CheckpointError, ConfigError, DivergenceError
+from ganforge.errors import CheckpointError, ConfigError
 from ganforge.models import save_generator
 
 log = logging.getLogger(__name__)
@@ -56,23 +55,6 @@ log = logging.getLogger(__name__)
 ARCH_KEYS = ("model", "latent_dim", "g_width", "d_width")
 # What generator.pt says about the data it was trained on (from the manifest).
 DATA_KEYS = ("source", "image_size", "channels", "num_classes", "class_names", "content_sha256")
-
-
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    if not rows:
-        return
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _read_csv(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _check_resumable(ckpt_params: dict[str, Any], params: Params, path: Path) -> None:
@@ -92,54 +74,6 @@ def _check_resumable(ckpt_params: dict[str, Any], params: Params, path: Path) ->
     if changed:
         log.warning(
             "resuming %s with changed params: %s", path, ", ".join(f"train.{k}" for k in changed)
-        )
-
-
-class _LossLog:
-    """Per-step losses kept on the device and moved to the host in one sync per flush."""
-
-    def __init__(self, trainer: Trainer, history: list[dict[str, float]], run_dir: Path) -> None:
-        self.trainer, self.history, self.run_dir = trainer, history, run_dir
-        self.pending: list[dict[str, Tensor]] = []
-        # real images the discriminator sees per step
-        self.images_per_step = trainer.params.train.batch_size * trainer.variant.d_steps
-        self.window_start, self.window_step0 = time.perf_counter(), trainer.step_count
-        self.rate = 0.0
-
-    def flush(self) -> list[dict[str, float]]:
-        """Move pending losses to the host, check they are finite, extend and return history."""
-        if not self.pending:
-            return []
-        keys = list(self.pending[0])
-        values = torch.stack([torch.stack([p[k].float() for k in keys]) for p in self.pending])
-        values = values.cpu().numpy()  # (pending steps, losses): the one host sync
-        step_now, now = self.trainer.step_count, time.perf_counter()
-        seconds = max(now - self.window_start, 1e-9)
-        self.rate = (step_now - self.window_step0) * self.images_per_step / seconds
-        self.window_start, self.window_step0 = now, step_now
-        first, sparse = step_now - len(self.pending) + 1, self.trainer.variant.sparse_stats
-        self.pending.clear()
-        rows = []
-        for i, row in enumerate(values):
-            bad = [
-                k
-                for k, v in zip(keys, row, strict=True)
-                if not math.isfinite(v) and k not in sparse
-            ]
-            if bad:
-                self._diverged(first + i, bad[0], row[keys.index(bad[0])])
-            rows.append({"step": first + i, **dict(zip(keys, map(float, row), strict=True))})
-            rows[-1]["img_per_s"] = self.rate
-        self.history.extend(rows)
-        return rows
-
-    def _diverged(self, step: int, key: str, value: float) -> None:
-        _write_csv(self.run_dir / "history.csv", self.history)
-        kept = list_checkpoints(self.run_dir / "checkpoints")
-        where = f"last good checkpoint: {kept[0]}" if kept else "no checkpoint was written yet"
-        raise DivergenceError(
-            f"step {step}: {key} is {value} (non-finite); training stopped, {where}; "
-            "lower train.lr (or the penalty weights) or check the data"
         )
 
 
@@ -179,9 +113,7 @@ def _resume(trainer, best: KeepBest, run_dir: Path, params: Params, split: Prepa
     if state.get("best") is not None:
         best.load_state_dict(state["best"])
     history = [dict(zip(state["history_cols"], r, strict=True)) for r in state["history"].tolist()]
-    fid_rows = [
-        r for r in _read_csv(run_dir / "fid_history.csv") if r["step"] <= trainer.step_count
-    ]
+    fid_rows = [r for r in read_csv(run_dir / "fid_history.csv") if r["step"] <= trainer.step_count]
     log.info("resumed from %s at step %d", path, trainer.step_count)
     return history, fid_rows
 
@@ -208,12 +140,27 @@ def _fid_probe(featurenet: str | Path | None, split: PreparedSplit, trainer: Tra
         )  # fmt: skip
 
 
+def _follow(trainer: Trainer, run_dir: Path, resume: bool, device) -> dict[str, Any]:
+    """A rank other than 0: the same steps, no files, no tracking, stop when rank 0 says."""
+    world, steps = trainer.world, trainer.params.train.steps
+    world.barrier()  # rank 0 has opened (and for --resume, checked) the work directory
+    if resume:
+        state, _ = load_latest(run_dir / "checkpoints", map_location=device)
+        trainer.load_state_dict(state)
+    while trainer.step_count < steps:
+        trainer.step()
+        if world.agree(False, device):
+            break
+    world.close()
+    return {"rank": world.rank, "steps": trainer.step_count}
+
+
 def _save_checkpoint(trainer: Trainer, best: KeepBest, history, run_dir: Path, data_sha256):
     cols = list(history[0]) if history else []
     rows = torch.tensor([[r[c] for c in cols] for r in history], dtype=torch.float64)
     extra = {"data_sha256": data_sha256, "history_cols": cols, "history": rows, "best": best.state_dict()}  # fmt: skip
     save_state({**trainer.state_dict(), **extra}, run_dir / "checkpoints")
-    _write_csv(run_dir / "history.csv", history)
+    write_csv(run_dir / "history.csv", history)
 
 
 def train(
@@ -245,7 +192,13 @@ def train(
         )
     final_dir = Path(out_dir) / tp.run_name
     run_dir = work_dir(out_dir, tp.run_name)
-    trainer = Trainer(params, split.images, split.labels, manifest["num_classes"], device)
+    world = World.from_env(device.type)  # one process, or this rank of torchrun's
+    if world.active and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    trainer = Trainer(params, split.images, split.labels, manifest["num_classes"], device, world)
+    if not world.is_main:
+        return _follow(trainer, run_dir, resume, device)
     probe = _fid_probe(featurenet, split, trainer, device)
     if probe is None and tp.patience:
         raise ConfigError(
@@ -258,6 +211,7 @@ def train(
     fid_rows: list[dict[str, float]] = []
     if resume:
         history, fid_rows = _resume(trainer, best, run_dir, params, split, device)
+    world.barrier()  # the work directory is ready: the other ranks may read its checkpoint
     record = tracker.record()
     if record is not None:  # this run's provenance, moved into place with its outputs
         write_json(run_dir / RUN_FILE, record)
@@ -269,7 +223,7 @@ def train(
     if trainer.step_count == 0:
         save_grid(trainer.sample(z_fixed, y_fixed), samples_dir / "step_00000000.png", nrow)
     log.info("%s on %s: %s", tp.model, device, trainer.fast.describe())
-    losses = _LossLog(trainer, history, run_dir)
+    losses = LossLog(trainer, history, run_dir)
     t_start, step0 = time.perf_counter(), trainer.step_count
 
     bar = Progress(tp.model, device.type, trainer.step_count, tp.steps, progress)
@@ -291,7 +245,7 @@ def train(
             tracker.log_image(grid_path, "samples", step)
             if probe is not None:
                 fid_rows.append({"step": step, "fid": probe(trainer.sample)})
-                _write_csv(run_dir / "fid_history.csv", fid_rows)
+                write_csv(run_dir / "fid_history.csv", fid_rows)
                 tracker.log_metrics({"fid_ema": fid_rows[-1]["fid"]}, step)
                 best.update(step, fid_rows[-1]["fid"], trainer.ema.module, trainer.G)
                 if best.plateaued and not last:
@@ -301,6 +255,8 @@ def train(
             unsent = []
         if step % tp.checkpoint_every == 0 or last:
             _save_checkpoint(trainer, best, history, run_dir, manifest["content_sha256"])
+        world.agree(stopped != "steps", device)  # the other ranks stop when rank 0 does
+    world.close()  # the collectives are over; what follows is rank 0's I/O
     if stopped != "steps":
         log.info("stopped at step %d of %d: train.%s", trainer.step_count, tp.steps, stopped)
     bar.close()
