@@ -14,7 +14,7 @@ from .conftest import ROOT
 def test_repo_params_load_and_defaults_match_the_model():
     params = load_params(ROOT / "params.yaml")
     assert params == Params()  # params.yaml documents the defaults exactly
-    assert params.flat()["train.lr"] == 2e-4
+    assert params.flat()["train.lr"] == 5e-4
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_repo_params_load_and_defaults_match_the_model():
         ),
         (
             {"prepare": {"image_size": 20}},
-            "prepare.image_size: 20 px is not supported by train.model=dcgan (allowed: 16, 28, 32, 64)",
+            "prepare.image_size: 20 px is not supported by train.model=cdcgan (allowed: 16, 28, 32, 64)",
         ),
         (
             {"prepare": {"source": "mnist-idx"}},

@@ -79,7 +79,7 @@ def test_dvc_repro_runs_every_stage(reproduced):
     )
     run_id = json.loads((p / "models/main/mlflow_run.json").read_text())["run_id"]
     r = client.get_run(run_id)
-    assert r.data.params["train.model"] == "dcgan" and r.data.params["train.steps"] == "600"
+    assert r.data.params["train.model"] == "cdcgan" and r.data.params["train.steps"] == "600"
     assert len(client.get_metric_history(run_id, "d_loss")) == 600
     assert len(client.get_metric_history(run_id, "fid_ema")) == 2
     assert r.data.metrics["fid"] == ev["fid"] and float(r.data.tags["parity_max_abs_diff"]) <= 1e-4

@@ -65,7 +65,7 @@ def test_training_is_tracked_on_the_server(mlflow_server, tmp_path, digits_dir):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "ganforge-digits"
-    assert run.data.params["train.lr"] == "0.0002" and run.data.params["prepare.source"] == "digits"
+    assert run.data.params["train.lr"] == "0.0005" and run.data.params["prepare.source"] == "digits"
     assert [m.step for m in client.get_metric_history(run_id, "g_loss")] == list(range(1, 31))
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {
         a.path for a in client.list_artifacts(run_id, "samples")
@@ -74,8 +74,8 @@ def test_training_is_tracked_on_the_server(mlflow_server, tmp_path, digits_dir):
     assert {"git_commit", "dvc_lock_sha256", "ganforge.data_sha256"} <= set(run.data.tags)
     # a name that tells runs apart, and the grids as step-indexed images for the UI's slider
     assert (
-        run.info.run_name.startswith("dcgan-digits-")
-        and len(run.info.run_name) == len("dcgan-digits-") + 6
+        run.info.run_name.startswith("cdcgan-digits-")
+        and len(run.info.run_name) == len("cdcgan-digits-") + 6
     )
     images = {a.path for a in client.list_artifacts(run_id, "images")}
     assert any(p.startswith("images/samples+step+30+") for p in images), images
