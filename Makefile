@@ -14,7 +14,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[eval,pipeline,serve,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[eval,pipeline,serve,server,dev]"
 	@touch $@
 
 run: $(STAMP) ## the whole pipeline (dvc repro): prepare, featurenet, train, evaluate, export, promote

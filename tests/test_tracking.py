@@ -9,24 +9,17 @@ import time
 
 import pytest
 
-from .conftest import ROOT, free_port, stop, wait_http
+from .conftest import ROOT, free_port
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
+    """The team set-up on the default SQLite store (tests/test_postgres.py: on PostgreSQL)."""
+    from .servers import mlflow_server as server
+
     d = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{d}/store.db", "--artifacts-destination", str(d / "artifacts"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d,
-    )  # fmt: skip
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", 90, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    with server(f"sqlite:///{d}/store.db", d / "artifacts", workers=1) as uri:
+        yield uri
 
 
 def ganforge(args, env_uri, cwd):
@@ -91,81 +84,6 @@ def test_unreachable_server_fails_fast_and_writes_nothing(tmp_path, digits_dir):
     assert proc.returncode == 1
     assert f"MLflow tracking server {uri} is unreachable" in proc.stderr
     assert not (tmp_path / "runs/main/generator.pt").exists()
-
-
-@pytest.mark.slow
-def test_pipeline_against_the_server(mlflow_server, tmp_path):
-    """`dvc repro` (tiny params) against a real server, read back over its REST API; then a
-    candidate takes champion, a worse one stays challenger, a better one takes champion, and
-    the audit trail shows each step."""
-    import os
-
-    from mlflow.tracking import MlflowClient
-
-    from ganforge.core.files import read_metrics
-    from ganforge.stages.promote import promote
-
-    from .conftest import make_project, project_env, tiny_params
-
-    (tmp_path / "p").mkdir()
-    project = make_project(tmp_path / "p")
-    env = {**project_env(project), "MLFLOW_TRACKING_URI": mlflow_server}
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    ev = read_metrics(project / "metrics/eval.json")
-    pr = json.loads((project / "metrics/promote.json").read_text())
-    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)  # REST
-    name = "ganforge-digits-cdcgan"
-    v1 = client.get_model_version(name, "1")
-    assert float(v1.tags["fid"]) == ev["fid"] and v1.tags["role"] == (
-        "champion" if pr["promote"] else "challenger"
-    )
-    run_id = json.loads((project / "models/main/mlflow_run.json").read_text())["run_id"]
-    run = client.get_run(run_id)
-    assert run.data.metrics["fid"] == ev["fid"] and run.data.params["train.steps"] == "600"
-    assert len(client.get_metric_history(run_id, "g_loss")) == 600
-
-    def candidate(tag: str, fid: float, half: float):
-        """Another generator (its own sha256) with the given FID, sharing the logged model."""
-        d = tmp_path / tag
-        d.mkdir()
-        ex = read_metrics(project / "metrics/export.json")
-        (d / "export.json").write_text(json.dumps({**ex, "generator_sha256": f"{tag}-sha"}))
-        protocol = {**ev["protocol"], "generator_sha256": f"{tag}-sha"}
-        (d / "eval.json").write_text(
-            json.dumps({**ev, "protocol": protocol, "mode_collapse": False, "fid": fid,
-                        "fid_ci95": [fid - half, fid + half]})
-        )  # fmt: skip
-        return promote(tiny_params(), d / "eval.json", d / "export.json", d / "promote.json")
-
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
-    try:
-        first = candidate("first", 1000.0, 5.0) if not pr["promote"] else None
-        worse = candidate("worse", 2000.0, 5.0)
-        better = candidate("better", ev["fid_ci95"][0] / 2, 0.01)  # beats any champion so far
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    assert first is None or first["promote"]
-    assert not worse["promote"] and "does not beat champion" in worse["reason"]
-    assert better["promote"]
-    assert str(client.get_model_version_by_alias(name, "champion").version) == better["version"]
-    assert client.get_model_version(name, worse["version"]).tags["role"] == "challenger"
-    shown = subprocess.run([sys.executable, "-m", "ganforge", "promote", "--history", "--params", str(ROOT / "params.yaml")],
-                           env={**env, "MLFLOW_TRACKING_URI": mlflow_server}, capture_output=True, text=True)  # fmt: skip
-    lines = [ln for ln in shown.stdout.splitlines() if name in ln]
-    assert len(lines) == (3 if first is None else 4)
-    assert (
-        f"v{worse['version']}  challenger" in shown.stdout
-        and f"-> v{better['version']}" in lines[-1]
-    )
 
 
 def test_a_bit_identical_retrain_keeps_the_first_run(tmp_path, digits_dir):

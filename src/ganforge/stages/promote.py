@@ -20,8 +20,9 @@ deprecated stages). Each decision is appended to the audit trail, kept as regist
 tags ``audit.<time>.<version>`` = JSON (from, to, metrics, reason, time, run id).
 
 Concurrency: the read-decide-write step holds the registry's lock
-(``ganforge.tracking.Registry.lock``), so concurrent promotions on one machine are
-serialised: never two champions, never the better model lost. All registry calls are in
+(``ganforge.tracking.Registry.lock``: a file lock beside a SQLite store, a lease in the
+registry of a tracking server), so concurrent promotions, from one machine or several,
+are serialised: never two champions, never the better model lost. All registry calls are in
 ``ganforge.tracking``; this module is the rule and the record.
 """
 
@@ -249,7 +250,7 @@ def promote(
     registry = Registry()
     # Everything that writes the registry happens under the lock: concurrent promotions
     # neither contend on the store nor decide on a champion that is being replaced.
-    with registry.lock():
+    with registry.lock(name):
         version, known = registry.find_or_register(name, where["source"], tags)
         _fault_point("registered")
         entry = json.loads(known["decision"]) if "decision" in known else None

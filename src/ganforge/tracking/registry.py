@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import socket
 import time
@@ -21,28 +20,23 @@ from ganforge.tracking.store import (
 
 
 def lock_key(uri: str) -> str:
-    """One spelling per store, so two processes always take the same lock: an absolute,
-    resolved path for SQLite; scheme, resolved host address and port for a server."""
-    from urllib.parse import urlsplit
-
+    """One spelling per SQLite store (absolute, resolved path), so two processes always take
+    the same file lock; any other URI as given (a server's lock lives in its registry)."""
     if uri.startswith("sqlite:///"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    parts = urlsplit(uri)
-    host = (parts.hostname or "").lower()
-    with contextlib.suppress(OSError):  # unresolvable: keep the name
-        host = socket.gethostbyname(host) if host else host
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
-    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+    return uri
 
 
 class Registry:
     """The MLflow model registry of one store: versions, the ``champion`` alias, audit tags.
 
-    Aliases only (never the deprecated stages). ``lock`` serialises read-decide-write on one
-    machine (a ``filelock`` beside a SQLite store, or in the user cache for a server, named
-    after ``lock_key`` so every spelling of one store shares it). Across machines there is
-    no lock: ``apply`` re-reads the alias just before it moves it and reports a champion
-    that changed since the decision, so the caller decides again (compare-and-set).
+    Aliases only (never the deprecated stages). ``lock(name)`` serialises read-decide-write:
+    for a SQLite store, a ``filelock`` beside the database (named after ``lock_key`` so every
+    spelling of one store shares it); for a tracking server, a lease held in the registry
+    itself (``ServerLock``), so promotions from different machines that share nothing but
+    the HTTP URI are serialised too. ``apply`` still re-reads the alias just before it moves
+    it and reports a champion that changed since the decision (compare-and-set), so even a
+    broken lease cannot leave the better model behind silently.
     """
 
     CHAMPION = "champion"
@@ -60,18 +54,15 @@ class Registry:
         except MlflowException as exc:
             raise TrackingError(f"MLflow registry on {self.uri}: {_first_line(exc)}") from None
 
-    def lock(self):
+    def lock(self, name: str):
+        """The promotion lock of registered model ``name`` in this store (a context manager)."""
         from filelock import FileLock
 
         key = lock_key(self.uri)
         if key.startswith("sqlite:///"):
             db = Path(key.removeprefix("sqlite:///"))
-            path = db.with_name(db.name + ".promote.lock")
-        else:
-            d = Path.home() / ".cache" / "ganforge"
-            d.mkdir(parents=True, exist_ok=True)
-            path = d / f"promote-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
-        return FileLock(path)
+            return FileLock(db.with_name(db.name + ".promote.lock"))
+        return ServerLock(self, name)
 
     def _versions(self, name: str) -> list:
         return self._call(self.client.search_model_versions, f"name = '{name}'")
@@ -180,3 +171,81 @@ class Registry:
             for rm in models for key, value in rm.tags.items() if key.startswith("audit.")
         ]  # fmt: skip
         return sorted(entries, key=lambda e: int(e["key"].split(".")[1]))
+
+
+class ServerLock:
+    """A lease on a tracking server, held as the registered model ``promote-lock.<name>``.
+
+    Creating a registered model is atomic in every MLflow store (a unique name: the second
+    creator gets RESOURCE_ALREADY_EXISTS), so whoever creates it holds the lock, whatever
+    machine it runs on; releasing deletes it. A holder that died leaves it behind: its
+    ``expires`` tag (epoch seconds, ``LEASE_S`` after taking it, far longer than a promotion
+    takes) lets the next promotion break it. Waiting gives up after ``WAIT_S`` with a line
+    that names the holder. The name does not start with the registered-model prefix, so the
+    audit history never lists it.
+    """
+
+    LEASE_S = 300.0
+    WAIT_S = 600.0
+
+    def __init__(self, registry: Registry, name: str) -> None:
+        import os
+        import uuid
+
+        self.registry, self.name = registry, f"promote-lock.{name}"
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def _held_by(self) -> dict[str, str] | None:
+        """The current lease's tags, or None when nobody holds it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.registry.client.get_registered_model(self.name).tags)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise TrackingError(f"MLflow registry on {self.registry.uri}: {_first_line(exc)}") from None
+
+    def _delete(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        with contextlib.suppress(MlflowException):  # already gone: the same outcome
+            self.registry.client.delete_registered_model(self.name)
+
+    def __enter__(self) -> ServerLock:
+        import random
+
+        from mlflow.exceptions import MlflowException
+
+        client, deadline = self.registry.client, time.monotonic() + self.WAIT_S
+        while True:
+            tags = {"holder": self.holder, "expires": f"{time.time() + self.LEASE_S:.0f}"}
+            try:
+                client.create_registered_model(
+                    self.name, tags=tags,
+                    description="held while ganforge promote decides; deleted when it is done",
+                )  # fmt: skip
+                return self
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                    raise TrackingError(
+                        f"MLflow registry on {self.registry.uri}: {_first_line(exc)}"
+                    ) from None
+            held = self._held_by()
+            if held is not None and float(held.get("expires", 0)) < time.time():
+                # the holder died: break its lease, unless it was renewed since we read it
+                if self._held_by() == held:
+                    self._delete()
+                continue
+            if time.monotonic() > deadline:
+                who = (held or {}).get("holder", "?")
+                raise TrackingError(
+                    f"MLflow registry on {self.registry.uri}: registered model {self.name} "
+                    f"(the promotion lock) is held by {who} for over {self.WAIT_S:.0f} s"
+                )
+            time.sleep(random.uniform(0.1, 0.4))  # jitter: waiters do not poll in step
+
+    def __exit__(self, *exc_info) -> None:
+        held = self._held_by()
+        if held is not None and held.get("holder") == self.holder:
+            self._delete()
