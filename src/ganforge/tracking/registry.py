@@ -204,7 +204,9 @@ class ServerLock:
         except MlflowException as exc:
             if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
                 return None
-            raise TrackingError(f"MLflow registry on {self.registry.uri}: {_first_line(exc)}") from None
+            raise TrackingError(
+                f"MLflow registry on {self.registry.uri}: {_first_line(exc)}"
+            ) from None
 
     def _delete(self) -> None:
         from mlflow.exceptions import MlflowException

@@ -1,0 +1,125 @@
+"""Retraining on a Prefect work pool: a real `prefect server`, a process work pool, the
+deployment from `python -m pipelines.deploy`, a `prefect worker` that runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+import pytest
+
+from .conftest import ROOT, make_project, stop
+from .servers import prefect_server
+
+FAST = {  # a retrain in ~20 s: the point is the scheduling, not the model
+    "train": {"steps": 200, "g_width": 8, "d_width": 8, "sample_every": 100, "checkpoint_every": 100, "fid_samples": 200},
+    "evaluate": {"num_samples": 500, "bootstrap": 20, "kid_subsets": 5, "pr_samples": 250},
+}  # fmt: skip
+
+
+def _t(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+@pytest.mark.slow
+def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
+    """Two runs triggered at once and one started by a per-minute cron all complete, one after
+    another (the second waits for a concurrency slot instead of training into the same
+    directory), the first registers version 1, and the bit-identical retrains after it
+    register nothing and leave the DVC record clean."""
+    import httpx
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "p").mkdir()
+    project = make_project(tmp_path / "p", **FAST)
+    fast_server = {  # the scheduler looks every 5 s, a waiting run asks again after 5 s (not 30)
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
+    }
+    with prefect_server(tmp_path / "prefect-home", **fast_server) as (api, env):
+
+        def cli(*args: str) -> str:
+            proc = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            return proc.stdout
+
+        def deploy(pool: str):
+            return subprocess.run(
+                [sys.executable, "-m", "pipelines.deploy", "--pool", pool, "--repo", str(project),
+                 "--cron", "* * * * *", "--name", "every-minute"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+
+        missing = deploy("test-pool")  # not created yet: one line, nothing deployed
+        assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+            "pipelines.deploy: error: Could not find work pool 'test-pool'. Please create it before deploying this flow."
+        ], missing.stderr[-2000:]
+        cli("work-pool", "create", "test-pool", "--type", "process")
+        deployed = deploy("test-pool")
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+        assert "deployed ganforge-retrain/every-minute to work pool test-pool" in deployed.stdout
+        dep = httpx.get(f"{api}/deployments/name/ganforge-retrain/every-minute", timeout=10).json()
+        assert dep["global_concurrency_limit"]["limit"] == 1, dep
+        assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+        assert dep["schedules"][0]["schedule"]["cron"] == "* * * * *"
+        assert dep["parameters"] == {"repo": str(project.resolve())}
+
+        log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 (closed below)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "test-pool"],
+            env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            for _ in range(2):  # two at once: the second must wait for the first
+                cli("deployment", "run", "ganforge-retrain/every-minute")
+            body = {"deployments": {"id": {"any_": [dep["id"]]}}}
+            deadline, runs = time.monotonic() + 420, []
+            while time.monotonic() < deadline:
+                time.sleep(3)
+                runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+                done = [r for r in runs if r["state_type"] == "COMPLETED"]
+                bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED", "CANCELLED")]
+                assert not bad, (bad[0]["state"], (tmp_path / "worker.log").read_text()[-3000:])
+                if sum(not r["auto_scheduled"] for r in done) >= 2 and any(
+                    r["auto_scheduled"] for r in done
+                ):
+                    break
+            else:
+                pytest.fail(
+                    f"not 2 triggered + 1 scheduled runs done in 420 s: {[(r['name'], r['state_name']) for r in runs]}"
+                )
+            history = {
+                r["id"]: [st["name"] for st in httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": r["id"]}, timeout=10).json()]
+                for r in done
+            }  # fmt: skip
+            assert any("AwaitingConcurrencySlot" in h for h in history.values()), history
+            # stop the schedule, let anything already started finish, then stop the worker
+            httpx.patch(f"{api}/deployments/{dep['id']}", json={"paused": True}, timeout=10)
+            while (
+                any(r["state_type"] in ("RUNNING", "PENDING") for r in runs)
+                and time.monotonic() < deadline
+            ):
+                time.sleep(2)
+                runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+        finally:
+            stop(worker)
+            log.close()
+
+    done = sorted(
+        (r for r in runs if r["state_type"] == "COMPLETED"), key=lambda r: r["start_time"]
+    )
+    for before, after in zip(done, done[1:], strict=False):  # never two trainings at once
+        assert _t(after["start_time"]) >= _t(before["end_time"]), (before["name"], after["name"])
+    uri = f"sqlite:///{project}/mlflow.db"
+    pr = json.loads((project / "metrics/promote.json").read_text())
+    versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(
+        f"name = '{pr['registered_model']}'"
+    )
+    assert pr["version"] == "1" and [str(v.version) for v in versions] == ["1"]
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert "up to date" in status.stdout, status.stdout
