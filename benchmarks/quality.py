@@ -21,7 +21,6 @@ coverage, class KL and the collapse flag; then a markdown table of all arms.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
@@ -32,6 +31,8 @@ import torch
 import yaml
 
 from ganforge.config import parse_params
+from ganforge.core.files import read_csv
+from ganforge.engine.best import plateau_stop
 from ganforge.stages.evaluate import evaluate
 from ganforge.stages.featurenet import train_featurenet
 from ganforge.stages.prepare import prepare
@@ -75,17 +76,6 @@ def _overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def patience_stops(curve: list[list[float]], patience: int) -> list[float] | None:
-    """Where ``train.patience`` would have stopped this probe curve: [step, best FID by then],
-    or None if it runs to the end (KeepBest's rule: ``patience`` probes without a new best)."""
-    best, since = float("inf"), 0
-    for step, fid in curve:
-        best, since = (fid, 0) if fid < best else (best, since + 1)
-        if since >= patience:
-            return [step, best]
-    return None
-
-
 def run_arm(
     raw: dict[str, Any],
     arm: str,
@@ -112,12 +102,10 @@ def run_arm(
     row = {"arm": arm, "steps": summary["steps"], "train_s": round(train_s, 1),
            "best_probe_step": summary.get("best_probe_step"), **m}  # fmt: skip
     row["fid_over_floor"] = round(m["fid"] / m["fid_floor"], 2) if m["fid_floor"] else None
-    curve = work / "runs/main/fid_history.csv"  # the probe's FID at every grid: [step, fid]
-    row["probe_curve"] = (
-        [[int(float(r["step"])), round(float(r["fid"]), 3)] for r in csv.DictReader(curve.open())]
-        if curve.is_file() else []
-    )  # fmt: skip
-    row["patience_would_stop"] = {p: patience_stops(row["probe_curve"], p) for p in PATIENCES}
+    # the probe's FID at every grid: [step, fid]
+    history = read_csv(work / "runs/main/fid_history.csv")
+    row["probe_curve"] = [[int(r["step"]), round(r["fid"], 3)] for r in history]
+    row["patience_would_stop"] = {p: plateau_stop(row["probe_curve"], p) for p in PATIENCES}
     return {
         k: row.get(k) for k in ("arm", "train_s", *ROW_KEYS, "patience_would_stop", "probe_curve")
     }

@@ -290,3 +290,14 @@ def test_patience_stops_on_a_plateau_and_max_minutes_on_the_clock(tmp_path, digi
     with pytest.raises(ConfigError, match="train.patience"):
         train(tiny_params(train={"patience": 3}), digits_dir, tmp_path / "np", progress=False)
     assert not (tmp_path / "np").exists() or not any((tmp_path / "np").iterdir())
+
+
+def test_plateau_stop_replays_the_trainers_rule():
+    """The benchmark's "where would patience stop" is KeepBest's own rule, replayed."""
+    from ganforge.engine.best import plateau_stop
+
+    curve = [[100, 5.0], [200, 4.0], [300, 4.5], [400, 4.2], [500, 3.9], [600, 4.0], [700, 4.1]]
+    assert plateau_stop(curve, 2) == [400, 4.0]  # two probes without a new best after 200
+    assert plateau_stop(curve, 3) is None  # 500 is a new best; only two probes after it
+    assert plateau_stop(curve, 0) is None  # 0 = off
+    assert plateau_stop([], 1) is None

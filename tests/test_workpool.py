@@ -67,6 +67,10 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
         assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE"
         assert dep["schedules"][0]["schedule"]["cron"] == "* * * * *"
         assert dep["parameters"] == {"repo": str(project.resolve())}
+        assert deploy("test-pool").returncode == 0  # again: the same deployment, updated in place
+        assert [
+            d["id"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+        ] == [dep["id"]]
 
         log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 (closed below)
         worker = subprocess.Popen(

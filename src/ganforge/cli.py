@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -67,18 +66,18 @@ def _featurenet(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> dict[str, Any] | None:
     from ganforge.core.dataset import read_manifest
+    from ganforge.engine.distributed import World, launch
     from ganforge.stages.train import train
     from ganforge.tracking import training_run
 
     params = _params(args)
     featurenet = args.featurenet if Path(args.featurenet).is_file() else None
     progress = not args.no_progress and sys.stderr.isatty()
-    if "WORLD_SIZE" not in os.environ and params.train.nproc_per_node > 1:
-        from ganforge.engine.distributed import launch
-
+    rank = World.launched_rank()
+    if rank is None and params.train.nproc_per_node > 1:
         launch(params.train.nproc_per_node, args.argv)  # rank 0 prints the summary
         return None
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other ranks: no tracking, no output
+    if rank not in (None, 0):  # torchrun's other ranks: no tracking, no output
         train(
             params, args.data, args.out, resume=args.resume, progress=False, featurenet=featurenet
         )

@@ -27,13 +27,19 @@ class KeepBest:
         self.raw: dict[str, Tensor] | None = None
         self.since = 0  # probes since the best
 
-    def update(self, step: int, fid: float, ema: nn.Module, raw: nn.Module) -> bool:
-        """Record a probe; True when it is a new best (strictly lower FID)."""
+    def record(self, step: int, fid: float) -> bool:
+        """The plateau rule alone: count a probe; True when it is a new best (strictly lower)."""
         if fid < self.fid:
             self.step, self.fid, self.since = step, fid, 0
-            self.ema, self.raw = _host_copy(ema), _host_copy(raw)
             return True
         self.since += 1
+        return False
+
+    def update(self, step: int, fid: float, ema: nn.Module, raw: nn.Module) -> bool:
+        """Record a probe and keep the weights of a new best; True when it is one."""
+        if self.record(step, fid):
+            self.ema, self.raw = _host_copy(ema), _host_copy(raw)
+            return True
         return False
 
     @property
@@ -46,3 +52,14 @@ class KeepBest:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.fid, self.since = state["step"], state["fid"], state["since"]
         self.ema, self.raw = state["ema"], state["raw"]
+
+
+def plateau_stop(curve: list[list[float]], patience: int) -> list[float] | None:
+    """Where ``train.patience`` = ``patience`` would stop a run with this probe curve
+    ([[step, fid], ...]): [step, best FID by then], or None if it runs to the end."""
+    keep = KeepBest(patience)
+    for step, fid in curve:
+        keep.record(int(step), fid)
+        if keep.plateaued:
+            return [step, keep.fid]
+    return None

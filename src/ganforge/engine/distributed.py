@@ -58,6 +58,12 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @staticmethod
+    def launched_rank() -> int | None:
+        """This process's global rank when torchrun started it (``RANK``), else None: read
+        before any process group is joined, to decide whether to launch and who tracks."""
+        return int(os.environ["RANK"]) if "WORLD_SIZE" in os.environ else None
+
     @classmethod
     def from_env(cls, device_kind: str) -> World:
         """Join torchrun's process group (``WORLD_SIZE`` > 1), else the one-process world."""
