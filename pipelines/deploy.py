@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 
 import httpx
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from ganforge.config import load_params
 from ganforge.errors import GanforgeError
-from pipelines.flows import ROOT, retrain_flow
+from pipelines.flows import ONE_AT_A_TIME, ROOT, retrain_flow
 
 ENTRYPOINT = "pipelines/flows.py:retrain_flow"
 
@@ -35,12 +34,9 @@ def deploy(pool: str, repo: Path, cron: str | None = None, name: str | None = No
     schedule = load_params(repo / "params.yaml").schedule
     name = name or schedule.deployment
     source = retrain_flow.from_source(source=str(repo), entrypoint=ENTRYPOINT)
-    one_at_a_time = ConcurrencyLimitConfig(
-        limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-    )
     source.deploy(
         name=name, work_pool_name=pool, cron=cron or schedule.cron,
-        concurrency_limit=one_at_a_time, parameters={"repo": str(repo)},
+        concurrency_limit=ONE_AT_A_TIME, parameters={"repo": str(repo)},
         description=f"ganforge retraining of {repo}: one run at a time",
         build=False, push=False, print_next_steps=False,
     )  # fmt: skip

@@ -20,9 +20,13 @@ from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger, task
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 STAGES = ("prepare", "featurenet", "train", "evaluate", "export", "promote")
 ROOT = Path(__file__).resolve().parents[1]
+# every retraining deployment (served or on a work pool): one run at a time, later ones wait
+# for it (ENQUEUE), so two runs never train into the same directory
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 class StageFailed(RuntimeError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect.runner import Runner
 
 from ganforge.config import load_params
-from pipelines.flows import ROOT, retrain_flow
+from pipelines.flows import ONE_AT_A_TIME, ROOT, retrain_flow
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     schedule = load_params(Path(args.repo) / "params.yaml").schedule
     name = args.name or schedule.deployment
     runner = Runner(name=name, pause_on_shutdown=True)
-    runner.add_flow(retrain_flow, name=name, cron=args.cron or schedule.cron,
+    runner.add_flow(retrain_flow, name=name, cron=args.cron or schedule.cron, concurrency_limit=ONE_AT_A_TIME,
                     parameters={"repo": str(Path(args.repo).resolve())})  # fmt: skip
     # SIGTERM takes Ctrl-C's path: Prefect's own handler calls its async stop without
     # awaiting it ("coroutine 'Runner.astop' was never awaited"); an interrupt shuts the

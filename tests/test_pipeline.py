@@ -298,6 +298,7 @@ def test_scheduled_deployment_creates_runs(tmp_path):
             deps = [d for d in r.json() if d["name"] == "weekly-retrain"]
             if deps:
                 assert deps[0]["schedules"][0]["schedule"]["cron"] == "0 3 * * 0"  # params.yaml
+                assert deps[0]["global_concurrency_limit"]["limit"] == 1  # one run at a time
                 body = {"deployments": {"id": {"any_": [deps[0]["id"]]}}}
                 runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
         assert runs, "no flow runs were scheduled within 120 s"
