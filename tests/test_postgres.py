@@ -168,3 +168,12 @@ def test_a_prefect_flow_run_is_recorded_in_postgres(pg, tmp_path):
     )
     assert rows == "ganforge-training|COMPLETED", rows
     assert (Path(project) / "data/prepared").is_dir()
+
+
+def test_without_postgresql_the_tests_skip_saying_how_to_install_it(monkeypatch):
+    from . import servers
+
+    monkeypatch.setattr(servers, "postgres_bin", lambda: None)
+    hint = r"apt-get install postgresql"
+    with pytest.raises(pytest.skip.Exception, match=hint), servers.postgres_cluster():
+        pass
