@@ -96,6 +96,25 @@ def test_two_processes_train_what_one_does_and_rank_0_alone_writes(tmp_path, dig
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (NCCL: one GPU per process)"
+)
+def test_two_gpus_train_what_one_gpu_does(tmp_path, digits_dir):
+    """NCCL between two GPUs: the same weights as one GPU with the same global batch. cuDNN
+    may pick other kernels per batch size, so the bound is looser than gloo's on CPU."""
+    one = tmp_path / "one"
+    train(tiny_params(train={**TRAIN, "device": "cuda"}), digits_dir, one, progress=False)
+    proc = ganforge_train(
+        params_yaml(tmp_path / "p.yaml", nproc_per_node=2, device="cuda"),
+        digits_dir,
+        tmp_path / "runs",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_close(weights(one), weights(tmp_path / "runs"), atol=1e-3)
+
+
 def _rank_pids(parent: int) -> dict[int, int]:
     """{RANK: pid} of the training processes under ``parent`` (torchrun's workers)."""
     import psutil
