@@ -10,9 +10,7 @@ the data can support (``featurenet.objective: auto``):
   training images in each; ``hybrid`` (classifier + contrastive) with 2 to RICH_LABELS - 1
   classes. Checked on the held-out split: overall accuracy must reach
   ``featurenet.min_accuracy`` (auto: the measured 98% for MNIST, 95% for digits; for any
-  other data chance + 75% of the way to 1, e.g. 0.875 for two classes; an auto gate fails
-  only a score below it beyond its sampling error, by the Wilson 95% upper bound on the
-  held-out count, as 28/30 is no evidence against 95%), and the accuracy
+  other data chance + 75% of the way to 1, e.g. 0.875 for two classes), and the accuracy
   of each class is recorded (the evaluate stage issues a collapse verdict only when every
   class is recognised well enough).
 - ``contrastive`` otherwise (one class, or too few images to learn classes from): SimCLR on
@@ -20,7 +18,10 @@ the data can support (``featurenet.objective: auto``):
   reach ``featurenet.min_accuracy`` (auto: half-way from the untrained network's figure,
   recorded beside it, to 1: proof that it learned).
 
-Either way the evaluate stage still scores negative controls in this space before it
+Either way an auto gate fails only a score below it beyond its sampling error (``upper_bound``:
+the Wilson 95% upper bound on the number of held-out images; 28 right of 30 is no evidence
+against 95%); a number set by the user is taken as written. And either way the evaluate
+stage still scores negative controls in this space before it
 publishes a number. Writes ``<out>/featurenet.pt`` (+ ``.sha256``: the version every score
 records) and ``<out>/metrics.json``.
 """
