@@ -152,6 +152,11 @@ def test_a_dead_holders_lease_is_broken_and_a_live_one_waited_for(mlflow_pg, mon
             pass
         assert 1.0 <= time.monotonic() - t0 < 10
     assert not registry.client.search_registered_models(f"name = '{lock_name}'")
+    # a lease whose expiry cannot be read counts as expired, not as held for ever
+    registry.client.create_registered_model(lock_name, tags={"holder": "odd:2:y", "expires": "nan"})
+    with registry.lock("ganforge-test-lease"):
+        pass
+    assert not registry.client.search_registered_models(f"name = '{lock_name}'")
 
 
 def test_a_prefect_flow_run_is_recorded_in_postgres(pg, tmp_path):

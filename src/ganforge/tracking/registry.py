@@ -234,7 +234,7 @@ class ServerLock:
                         f"MLflow registry on {self.registry.uri}: {_first_line(exc)}"
                     ) from None
             held = self._held_by()
-            if held is not None and float(held.get("expires", 0)) < time.time():
+            if held is not None and _expires(held) < time.time():
                 # the holder died: break its lease, unless it was renewed since we read it
                 if self._held_by() == held:
                     self._delete()
@@ -243,7 +243,8 @@ class ServerLock:
                 who = (held or {}).get("holder", "?")
                 raise TrackingError(
                     f"MLflow registry on {self.registry.uri}: registered model {self.name} "
-                    f"(the promotion lock) is held by {who} for over {self.WAIT_S:.0f} s"
+                    f"(the promotion lock) is held by {who}; gave up after {self.WAIT_S:.0f} s "
+                    "(if no promotion is running, delete that registered model)"
                 )
             time.sleep(random.uniform(0.1, 0.4))  # jitter: waiters do not poll in step
 
@@ -251,3 +252,12 @@ class ServerLock:
         held = self._held_by()
         if held is not None and held.get("holder") == self.holder:
             self._delete()
+
+
+def _expires(tags: dict[str, str]) -> float:
+    """A lease's expiry (epoch seconds); a missing or garbled tag counts as expired."""
+    try:
+        expires = float(tags.get("expires", 0))
+    except ValueError:
+        return 0.0
+    return expires if expires == expires and expires != float("inf") else 0.0  # not NaN or inf
