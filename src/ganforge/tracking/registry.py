@@ -173,6 +173,9 @@ class Registry:
         return sorted(entries, key=lambda e: int(e["key"].split(".")[1]))
 
 
+CONTENDED = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
+
+
 class ServerLock:
     """A lease on a tracking server, held as the registered model ``promote-lock.<name>``.
 
@@ -229,7 +232,10 @@ class ServerLock:
                 )  # fmt: skip
                 return self
             except MlflowException as exc:
-                if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                # taken; or taken and released at once: MLflow's SQL store answers a duplicate
+                # name by reading the existing model, and when its holder has just deleted
+                # it, that read says RESOURCE_DOES_NOT_EXIST (seen in CI): both mean try again
+                if getattr(exc, "error_code", "") not in CONTENDED:
                     raise TrackingError(
                         f"MLflow registry on {self.registry.uri}: {_first_line(exc)}"
                     ) from None
