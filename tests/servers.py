@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .conftest import ROOT, free_port, stop, wait_http
+from .conftest import ROOT, free_port, project_env, stop, wait_http
 
 INSTALL_HINT = (
     "PostgreSQL's initdb is not on PATH nor in /usr/lib/postgresql/*/bin: "
@@ -132,16 +132,10 @@ def mlflow_server(backend: str, artifacts: Path, workers: int = 2) -> Iterator[s
 
 
 def prefect_env(home: Path, port: int, **extra: str) -> dict[str, str]:
-    """The environment of a Prefect server, worker or client talking to 127.0.0.1:``port``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(
-        PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true",
-        PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid", **extra,
-    )  # fmt: skip
-    return env
+    """The environment of a Prefect server, worker or client talking to 127.0.0.1:``port``:
+    the stages' environment (``project_env``) plus Prefect's home, API URL and ``extra``."""
+    return {**project_env(ROOT), "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(ROOT), **extra}  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -260,64 +260,48 @@ def test_failing_stage_fails_the_flow_with_its_message(tmp_path, prefect_harness
 def test_scheduled_deployment_creates_runs(tmp_path):
     """A real `prefect server` and `python -m pipelines.schedule`: the deployment gets its cron from
     params.yaml and the server schedules its upcoming runs (weekly: none starts during the test)."""
-    import os
+    from .conftest import ROOT, stop
+    from .servers import prefect_server
 
-    from .conftest import ROOT, free_port, stop, wait_http
-
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "true",
-        "PYTHONPATH": str(ROOT),
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    (tmp_path / "project").mkdir()
+    project = make_project(tmp_path / "project")
     served = None
-    try:
-        wait_http(f"{api}/health", 120, server)
-        (tmp_path / "project").mkdir()
-        project = make_project(tmp_path / "project")
-        served = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.schedule", "--repo", str(project)],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        import httpx
+    with prefect_server(tmp_path / "prefect-home") as (api, env):
+        try:
+            served = subprocess.Popen(
+                [sys.executable, "-m", "pipelines.schedule", "--repo", str(project)],
+                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            import httpx
 
-        deadline = time.monotonic() + 120
-        runs = []
-        while time.monotonic() < deadline and not runs:
-            time.sleep(2)
-            assert served.poll() is None, "pipelines.schedule exited"
-            r = httpx.post(f"{api}/deployments/filter", json={}, timeout=10)
-            deps = [d for d in r.json() if d["name"] == "weekly-retrain"]
-            if deps:
-                assert deps[0]["schedules"][0]["schedule"]["cron"] == "0 3 * * 0"  # params.yaml
-                assert deps[0]["global_concurrency_limit"]["limit"] == 1  # one run at a time
-                body = {"deployments": {"id": {"any_": [deps[0]["id"]]}}}
-                runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
-        assert runs, "no flow runs were scheduled within 120 s"
-        assert all(
-            run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED")
-            for run in runs
-        )
-        # stopping the served deployment pauses its schedule, cleanly
-        served.terminate()
-        _, err = served.communicate(timeout=60)
-        assert served.returncode == 0 and "never awaited" not in err and "Traceback" not in err, (
-            err[-2000:]
-        )
-        dep = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()[0]
-        assert dep["name"] == "weekly-retrain" and dep["paused"] is True
-    finally:
-        if served is not None:
-            stop(served)
-        stop(server)
+            deadline = time.monotonic() + 120
+            runs = []
+            while time.monotonic() < deadline and not runs:
+                time.sleep(2)
+                assert served.poll() is None, "pipelines.schedule exited"
+                r = httpx.post(f"{api}/deployments/filter", json={}, timeout=10)
+                deps = [d for d in r.json() if d["name"] == "weekly-retrain"]
+                if deps:
+                    assert deps[0]["schedules"][0]["schedule"]["cron"] == "0 3 * * 0"  # params.yaml
+                    assert deps[0]["global_concurrency_limit"]["limit"] == 1  # one run at a time
+                    body = {"deployments": {"id": {"any_": [deps[0]["id"]]}}}
+                    runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+            assert runs, "no flow runs were scheduled within 120 s"
+            assert all(
+                run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED")
+                for run in runs
+            )
+            # stopping the served deployment pauses its schedule, cleanly
+            served.terminate()
+            _, err = served.communicate(timeout=60)
+            assert (
+                served.returncode == 0 and "never awaited" not in err and "Traceback" not in err
+            ), err[-2000:]
+            dep = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()[0]
+            assert dep["name"] == "weekly-retrain" and dep["paused"] is True
+        finally:
+            if served is not None:
+                stop(served)
 
 
 @pytest.mark.slow

@@ -52,7 +52,11 @@ class Registry:
         try:
             return fn(*args, **kwargs)
         except MlflowException as exc:
-            raise TrackingError(f"MLflow registry on {self.uri}: {_first_line(exc)}") from None
+            raise self.error(exc) from None
+
+    def error(self, exc: BaseException) -> TrackingError:
+        """The one-line error for a refused registry call."""
+        return TrackingError(f"MLflow registry on {self.uri}: {_first_line(exc)}")
 
     def lock(self, name: str):
         """The promotion lock of registered model ``name`` in this store (a context manager)."""
@@ -88,9 +92,7 @@ class Registry:
                 if "already exists" not in str(
                     exc
                 ).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
-                    raise TrackingError(
-                        f"MLflow registry on {self.uri}: {_first_line(exc)}"
-                    ) from None
+                    raise self.error(exc) from None
         str_tags = {k: str(v) for k, v in tags.items() if v is not None}
         model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else None
         # the registry store resolves a logged model's URI through the process-wide tracking
@@ -207,9 +209,7 @@ class ServerLock:
         except MlflowException as exc:
             if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
                 return None
-            raise TrackingError(
-                f"MLflow registry on {self.registry.uri}: {_first_line(exc)}"
-            ) from None
+            raise self.registry.error(exc) from None
 
     def _delete(self) -> None:
         from mlflow.exceptions import MlflowException
@@ -236,9 +236,7 @@ class ServerLock:
                 # name by reading the existing model, and when its holder has just deleted
                 # it, that read says RESOURCE_DOES_NOT_EXIST (seen in CI): both mean try again
                 if getattr(exc, "error_code", "") not in CONTENDED:
-                    raise TrackingError(
-                        f"MLflow registry on {self.registry.uri}: {_first_line(exc)}"
-                    ) from None
+                    raise self.registry.error(exc) from None
             held = self._held_by()
             if held is not None and _expires(held) < time.time():
                 # the holder died: break its lease, unless it was renewed since we read it
