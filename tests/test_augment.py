@@ -55,7 +55,7 @@ def test_ada_probability_follows_the_overfitting_signal():
     aug = A.Augment("ada", torch.device("cpu"), seed=0, batch_size=1000)
     assert aug.p == 0.0 and torch.equal(aug(images()), images())  # p = 0: nothing applied
     for _ in range(40):
-        aug.observe(torch.tensor(0.9))  # D sure of every real: overfitting
+        aug.observe(torch.tensor(0.9))  # D sure of 95% of the reals: overfitting
     assert aug.p == pytest.approx(40 * 1000 / (A.ADA_KIMG * 1000))
     high = aug.p
     for _ in range(8):
@@ -65,6 +65,34 @@ def test_ada_probability_follows_the_overfitting_signal():
         aug.observe(torch.tensor(1.0))
     assert aug.p == 1.0
     assert A.Augment("diffaugment", torch.device("cpu"), 0, 64).p == 1.0
+
+
+@pytest.mark.parametrize(
+    ("r_t", "rises"), [(0.5, False), (0.59, False), (0.61, True), (-0.5, False)]
+)
+def test_ada_moves_p_by_the_threshold_on_the_mean_sign_itself(r_t, rises):
+    """r_t is already E[sign(D(real))]: 0.5 (three reals in four scored real) is under the 0.6
+    target and must lower p; taking the sign of r_t again would make every positive r_t 1.0."""
+    aug = A.Augment("ada", torch.device("cpu"), seed=0, batch_size=1000)
+    aug.p = 0.5
+    for _ in range(A.ADA_INTERVAL):
+        aug.observe(torch.tensor(r_t))
+    assert (aug.p > 0.5) is rises and aug.p != 0.5
+
+
+def test_trainer_feeds_ada_the_variant_signal_unchanged(digits_dir):
+    """The trainer's observation is the d_real_sign stat of the step, not its sign."""
+    from ganforge.core.dataset import load_split
+    from ganforge.engine.trainer import Trainer
+
+    split = load_split(digits_dir, "train")
+    params = tiny_params(train={"augment": "ada"})
+    trainer = Trainer(params, split.images, split.labels, 10, torch.device("cpu"))
+    seen: list[float] = []
+    observe = trainer.augment.observe
+    trainer.augment.observe = lambda r: (seen.append(float(r)), observe(r))[1]
+    stats = trainer.step()
+    assert seen == [pytest.approx(float(stats["d_real_sign"]))]
 
 
 @pytest.mark.parametrize("mode", ["diffaugment", "ada"])

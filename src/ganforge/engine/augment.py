@@ -112,10 +112,12 @@ class Augment:
                 x = torch.where(keep, op(x, self.gen, self.shard), x)
         return x
 
-    def observe(self, real_logits: Tensor) -> None:
-        """ada (the trainer calls it then only): record E[sign(D(real))] of one step; adjust p
-        every ``ADA_INTERVAL`` steps."""
-        self.signs.append(real_logits.detach().float().sign().mean())
+    def observe(self, r_t: Tensor) -> None:
+        """ada (the trainer calls it then only): record one step's overfitting signal
+        ``r_t`` = E[sign(D(real))] (a 0-d tensor in [-1, 1], already the mean of the signs:
+        the variant's ``d_real_sign`` stat, averaged over ranks); every ``ADA_INTERVAL``
+        steps p moves up if the interval's mean r_t is above ``ADA_TARGET``, else down."""
+        self.signs.append(r_t.detach().float().reshape(()))
         if len(self.signs) >= ADA_INTERVAL:
             r_t = float(torch.stack(self.signs).mean())  # one host sync per interval
             step = len(self.signs) * self.batch_size / (ADA_KIMG * 1000)
