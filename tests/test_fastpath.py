@@ -80,11 +80,11 @@ def test_lazy_r1_is_applied_every_kth_step_with_weight_k():
     D = v.make_discriminator()
     real, fake = torch.rand(8, 1, 16, 16) * 2 - 1, torch.rand(8, 1, 16, 16) * 2 - 1
     bce = float(L.d_loss_bce(D(real), D(fake)))
-    on, stats_on = v.d_loss(D, real, fake, None, step=8)
+    on, stats_on = v.d_step(D, real, fake, None, step=8)
     r1 = float(stats_on["r1"])
     assert r1 > 0 and float(on) == pytest.approx(bce + 0.5 * 2.0 * 4 * r1, rel=1e-5)
     assert float(stats_on["d_loss"]) == pytest.approx(bce, rel=1e-6)  # the history's d_loss
-    off, stats_off = v.d_loss(D, real, fake, None, step=9)
+    off, stats_off = v.d_step(D, real, fake, None, step=9)
     assert float(off) == pytest.approx(bce, rel=1e-6) and math.isnan(float(stats_off["r1"]))
 
 

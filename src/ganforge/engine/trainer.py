@@ -196,7 +196,7 @@ class Trainer:
             with self.amp:
                 with torch.set_grad_enabled(i == last):
                     fake = G(self._noise(), y)  # (B/W, C, H, W)
-                d_loss, stats = self.variant.d_loss(D, real, fake.detach(), y, self.step_count)
+                d_loss, stats = self.variant.d_step(D, real, fake.detach(), y, self.step_count)
             if self.augment.mode == "ada":  # p must move alike on every rank: the global signal
                 self.augment.observe(self.world.mean(stats)["d_real_sign"])
             self.opt_d.zero_grad(set_to_none=True)
@@ -216,6 +216,7 @@ class Trainer:
         self.ema_fn.set_step(self.step_count)
         self.ema.update_parameters(G)
         self.step_count += 1
+        # stats["d_loss"] (the game's loss, without the penalty) keeps the first column
         out = {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), **stats, **g_stats}
         return self.world.mean(out)  # the global batch's means (one all-reduce; none alone)
 

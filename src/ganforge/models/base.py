@@ -8,8 +8,23 @@ everything the rest of ganforge needs to know about the family:
 - ``settings``: its own ``train.*`` keys with type, default and range (pydantic
   ``Field``s); ``ganforge.config`` builds ``TrainParams`` from the registry, so a new key
   is declared here and nowhere else;
-- how to build G and D from a ``ModelSpec`` and score one discriminator step and one
-  generator step (pure functions of the outputs, from ``ganforge.models.losses``).
+- how to build G and D from a ``ModelSpec`` and the game: ``d_loss`` and ``g_loss``, pure
+  functions of the outputs (from ``ganforge.models.losses``);
+- ``regulariser``: a penalty added to the discriminator's loss, independent of the game
+  (``ganforge.models.regularisers``: lazy R1, the gradient penalty), with its own keys.
+
+Stats conventions (what the history, MLflow and ``train.augment=ada`` read):
+
+- ``d_loss`` and ``g_loss`` return ``(loss, stats)``: stats are detached 0-d tensors on the
+  device, one row of the history per step (no host sync is made to get them);
+- the history's ``d_loss`` is the game's loss alone (``d_step`` records it before adding the
+  penalty, so a penalty applied every k-th step does not make the curve a saw); a
+  regulariser logs its penalty under its own name;
+- a stat that is measured on some steps only (lazy R1) is NaN on the others and is named in
+  the regulariser's ``sparse_stats``; any other non-finite stat stops training as divergence;
+- ``d_real_sign`` = E[sign(D(real))] of the step: the variant sets ``ada_signal = True`` when
+  its outputs' sign means real/fake (logits, hinge scores), and ``ada`` adapts its
+  probability to this number (a Wasserstein critic's sign means nothing, so no ada there).
 
 The loop in ``ganforge.engine.trainer`` never branches on the family. Shapes throughout:
 
@@ -24,30 +39,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from ganforge.models import losses
+from ganforge.models.regularisers import LazyR1, Regulariser, Setting
 
 # Image sides the transposed-conv families can build (dcgan.conv_plan); the MLP takes any.
 CONV_IMAGE_SIZES = (16, 28, 32, 64)
-
-# A setting is (type, pydantic Field with default, range and description).
-Setting = tuple[Any, Any]
-
-# Shared by the BCE families (mlp, dcgan, cdcgan): one definition, so they cannot drift.
-R1_GAMMA: Setting = (
-    float,
-    Field(1.0, ge=0.0, description="R1 penalty weight on real-data gradients; 0 = off"),
-)
-R1_EVERY: Setting = (
-    int,
-    Field(
-        16, ge=1, le=1000,
-        description="lazy R1 (StyleGAN2): the penalty at every k-th step only, weighted by k",
-    ),
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,6 +70,7 @@ class Variant:
     conditional: ClassVar[bool] = False
     image_sizes: ClassVar[tuple[int, ...]] = CONV_IMAGE_SIZES
     settings: ClassVar[Mapping[str, Setting]] = {}
+    regulariser: ClassVar[Regulariser | None] = None
     generator_cls: ClassVar[type[nn.Module]]
     discriminator_cls: ClassVar[type[nn.Module]]
 
@@ -79,7 +78,18 @@ class Variant:
         """``settings``: values for this variant's own keys (defaults where absent)."""
         self.spec = spec
         given = dict(settings or {})
-        self.config = {k: given.get(k, field.default) for k, (_, field) in self.settings.items()}
+        own = self.all_settings()
+        self.config = {k: given.get(k, field.default) for k, (_, field) in own.items()}
+
+    @classmethod
+    def all_settings(cls) -> dict[str, Setting]:
+        """The ``train.*`` keys of this family: its own and its regulariser's."""
+        return {**cls.settings, **(cls.regulariser.settings if cls.regulariser else {})}
+
+    @property
+    def sparse_stats(self) -> tuple[str, ...]:
+        """Stats that may be NaN (measured on some steps only)."""
+        return self.regulariser.sparse_stats if self.regulariser else ()
 
     @property
     def d_steps(self) -> int:
@@ -107,18 +117,13 @@ class Variant:
     def make_discriminator(self) -> nn.Module:
         return self.discriminator_cls(**self.discriminator_kwargs())
 
-    # stats a step may leave out (NaN in the history): regularisers applied every k-th step
-    sparse_stats: ClassVar[tuple[str, ...]] = ()
-    # whether d_loss reports "d_real_sign" = E[sign(D(real))], the overfitting signal of
-    # train.augment=ada (a logit's sign means real/fake; a Wasserstein critic's does not)
+    # whether d_loss reports "d_real_sign" = E[sign(D(real))] (see the module docstring)
     ada_signal: ClassVar[bool] = False
 
     def d_loss(
-        self, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None, step: int = 0
+        self, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss for one discriminator step (``fake`` is detached) and detached stats to log
-        (a ``d_loss`` stat replaces the loss in the history); ``step``: the generator
-        updates so far (for regularisers applied every k-th step)."""
+        """The game's loss for one discriminator step (``fake`` is detached) and its stats."""
         raise NotImplementedError
 
     def g_loss(
@@ -126,36 +131,35 @@ class Variant:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
+    def d_step(
+        self, D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None, step: int = 0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """What the trainer minimises for one discriminator step: the game's loss plus the
+        regulariser's penalty; ``step``: generator updates so far (lazy regularisers)."""
+        loss, stats = self.d_loss(D, real, fake, labels)
+        stats = {"d_loss": loss.detach(), **stats}
+        if self.regulariser is not None:
+            penalty, extra = self.regulariser(self.config, D, real, fake, labels, step)
+            if penalty is not None:
+                loss = loss + penalty
+            stats.update(extra)
+        return loss, stats
+
 
 class BCEVariant(Variant):
     """The original GAN game (mlp, dcgan, cdcgan): minimax discriminator loss with the
-    non-saturating generator loss, plus the R1 penalty when ``train.r1_gamma`` > 0, at every
-    ``train.r1_every``-th step with weight r1_gamma * r1_every (lazy regularisation,
-    Karras et al. 2020: the same expected penalty for a fraction of the double backward)."""
+    non-saturating generator loss, regularised by lazy R1 (``train.r1_gamma``, ``r1_every``)."""
 
-    settings = {"r1_gamma": R1_GAMMA, "r1_every": R1_EVERY}
-    sparse_stats = ("r1",)
+    regulariser = LazyR1()
     ada_signal = True
 
-    def d_loss(self, D, real, fake, labels, step=0):
+    def d_loss(self, D, real, fake, labels):
         real_logits, fake_logits = D(real, labels), D(fake, labels)
-        loss = losses.d_loss_bce(real_logits, fake_logits)
-        stats = {
-            # the logged d_loss is the game's loss alone (2 ln 2 at equilibrium): with lazy R1
-            # the penalty lands on every k-th step only and would make the curve a saw
-            "d_loss": loss.detach(),
+        return losses.d_loss_bce(real_logits, fake_logits), {
             "d_real": real_logits.detach().sigmoid().mean(),
             "d_fake": fake_logits.detach().sigmoid().mean(),
             "d_real_sign": real_logits.detach().sign().mean(),
         }
-        r1_gamma, every = self.config["r1_gamma"], self.config["r1_every"]
-        if r1_gamma > 0 and step % every == 0:
-            r1 = losses.r1_penalty(lambda x: D(x, labels), real)
-            loss = loss + 0.5 * r1_gamma * every * r1
-            stats["r1"] = r1.detach()
-        elif r1_gamma > 0:  # not measured at this step
-            stats["r1"] = torch.full((), float("nan"), device=real.device)
-        return loss, stats
 
     def g_loss(self, D, fake, labels):
         return losses.g_loss_nonsaturating(D(fake, labels)), {}

@@ -26,7 +26,7 @@ def all_settings() -> dict[str, Setting]:
     """Every variant's own ``train.*`` keys; a key two variants share must be one definition."""
     merged: dict[str, Setting] = {}
     for v in VARIANTS.values():
-        for key, setting in v.settings.items():
+        for key, setting in v.all_settings().items():
             if merged.setdefault(key, setting) is not setting:
                 raise TypeError(f"train.{key} is declared differently by two variants")
     return merged

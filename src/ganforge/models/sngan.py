@@ -34,7 +34,7 @@ class SNGAN(Variant):
     discriminator_cls = SNDiscriminator
     ada_signal = True
 
-    def d_loss(self, D, real, fake, labels, step=0):
+    def d_loss(self, D, real, fake, labels):
         real_s, fake_s = D(real, labels), D(fake, labels)
         return losses.d_loss_hinge(real_s, fake_s), {
             "d_real": real_s.detach().mean(),

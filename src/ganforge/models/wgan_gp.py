@@ -15,6 +15,7 @@ from pydantic import Field
 from ganforge.models import losses
 from ganforge.models.base import Variant
 from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from ganforge.models.regularisers import GradientPenalty
 
 
 class WGANGP(Variant):
@@ -26,21 +27,16 @@ class WGANGP(Variant):
             int,
             Field(5, ge=1, le=100, description="critic updates per generator update"),
         ),
-        "gp_lambda": (float, Field(10.0, ge=0.0, description="gradient-penalty weight")),
     }
+    regulariser = GradientPenalty()
 
     @property
     def d_steps(self) -> int:
         return self.config["n_critic"]
 
-    def d_loss(self, D, real, fake, labels, step=0):
-        real_s, fake_s = D(real, labels), D(fake, labels)
-        w_loss = losses.d_loss_wasserstein(real_s, fake_s)
-        gp = losses.gradient_penalty(lambda x: D(x, labels), real, fake)
-        return w_loss + self.config["gp_lambda"] * gp, {
-            "wasserstein": -w_loss.detach(),
-            "gp": gp.detach(),
-        }
+    def d_loss(self, D, real, fake, labels):
+        w_loss = losses.d_loss_wasserstein(D(real, labels), D(fake, labels))
+        return w_loss, {"wasserstein": -w_loss.detach()}
 
     def g_loss(self, D, fake, labels):
         return losses.g_loss_wasserstein(D(fake, labels)), {}
