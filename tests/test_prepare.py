@@ -234,3 +234,47 @@ def test_max_images_subsamples_stratified(tmp_path):
         for k in m["class_names"]
     }
     assert sum(total.values()) == 500 and min(total.values()) >= 45
+
+
+def test_unknown_source_is_an_error_everywhere():
+    """An unknown name is refused by the config and by the registry itself (no silent
+    fallback to an image folder)."""
+    from ganforge.config import parse_params
+    from ganforge.core.sources import source
+    from ganforge.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"prepare\.source: unknown source 'npy' \(allowed: digits,"
+    ):
+        parse_params({"prepare": {"source": "npy"}})
+    with pytest.raises(DataError, match="unknown source 'npy'"):
+        source("npy")
+
+
+def test_a_source_added_to_the_registry_works_end_to_end(tmp_path, monkeypatch):
+    """Adding a source is one registry entry: config validation, prepare, the dataset name
+    and the feature network's auto gate all read it (a folder of .npy arrays here)."""
+    from ganforge.core import sources
+    from ganforge.core.dataset import dataset_name
+    from ganforge.errors import ConfigError
+    from ganforge.stages.featurenet import min_accuracy
+
+    def load_npy(p):
+        arrays = sorted(__import__("pathlib").Path(p.path).glob("*.npy"))
+        images = np.stack([np.load(a) for a in arrays])[:, None]  # (N, 1, H, W)
+        return sources.ImageSet(images, np.arange(len(images)) % 2, ["even", "odd"])
+
+    entry = sources.Source(load=load_npy, needs_path=True, name=lambda m: "npyset",
+                           min_accuracy=lambda m: 0.7)  # fmt: skip
+    monkeypatch.setitem(sources.SOURCES, "npy", entry)
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        np.save(folder / f"{i:02d}.npy", rng.integers(0, 256, (10, 10), dtype=np.uint8))
+    with pytest.raises(ConfigError, match="source 'npy' needs a directory in prepare.path"):
+        tiny_params(prepare={"source": "npy"})
+    _, manifest = prep(tmp_path, source="npy", path=str(folder), image_size=16)
+    assert manifest["name"] == dataset_name({**manifest, "name": ""}) == "npyset"
+    assert manifest["splits"]["train"]["count"] + manifest["splits"]["holdout"]["count"] == 12
+    assert min_accuracy("auto", manifest, "classifier") == 0.7

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from ganforge.core.sources import SOURCES
 from ganforge.core.yamlsafe import load_yaml
 from ganforge.errors import ConfigError
 from ganforge.models import VARIANTS, all_settings
@@ -48,7 +49,7 @@ class _Section(BaseModel):
 
 
 class PrepareParams(_Section):
-    source: Literal["digits", "mnist-idx", "torchvision", "imagefolder"] = "digits"
+    source: str = "digits"  # a name in ganforge.core.sources.SOURCES
     # the dataset's name in experiments and registered models; "" = derived from the source
     name: str = Field("", max_length=64, pattern=r"^([a-z0-9][a-z0-9._-]*)?$")
     path: str = ""
@@ -60,9 +61,18 @@ class PrepareParams(_Section):
     max_images: int = Field(0, ge=0, le=100_000_000)
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(
+                f"prepare.source: unknown source {v!r} (allowed: {', '.join(SOURCES)})"
+            )
+        return v
+
     @model_validator(mode="after")
     def _path_needed(self) -> PrepareParams:
-        if self.source in ("mnist-idx", "imagefolder", "torchvision") and not self.path:
+        if SOURCES[self.source].needs_path and not self.path:
             raise ValueError(
                 f"prepare.path: source '{self.source}' needs a directory in prepare.path"
             )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ganforge.core.files import sha256_bytes
+from ganforge.core.sources import source
 from ganforge.errors import DataError
 
 FORMAT = "ganforge.prepared/1"
@@ -39,18 +40,7 @@ def dataset_name(manifest: dict[str, Any]) -> str:
     (``content_sha256``), which promotion compares before it compares scores."""
     if manifest.get("name"):
         return manifest["name"]
-    source = manifest["source"]
-    if source == "mnist-idx":
-        return "mnist"
-    if source == "torchvision":
-        return manifest["params"]["torchvision_dataset"].lower()
-    if source == "imagefolder":
-        folder = Path(manifest["path"]).name.lower()
-        return (
-            "".join(c if c.isalnum() or c in "._-" else "-" for c in folder).strip("-._")
-            or "images"
-        )
-    return source
+    return source(manifest["source"]).name(manifest)
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:

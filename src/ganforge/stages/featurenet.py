@@ -42,6 +42,7 @@ from ganforge.core import fastpath
 from ganforge.core.dataset import load_split
 from ganforge.core.device import resolve_device
 from ganforge.core.files import claim_dir, mark_dir, write_json
+from ganforge.core.sources import source
 from ganforge.engine.featurenet import (
     accuracy,
     class_accuracy,
@@ -55,9 +56,6 @@ from ganforge.metrics.featurenet import FeatureNet, save_featurenet
 
 log = logging.getLogger(__name__)
 
-# held-out accuracy the network must reach when featurenet.min_accuracy is auto, per dataset
-# (measured: 0.99 on MNIST at 28 px, 1.0 on digits at 16 px with the defaults)
-AUTO_MIN_ACCURACY = {"digits": 0.95, "mnist-idx": 0.98, "MNIST": 0.98}
 # classifier objective (auto) needs this many training images in every class
 MIN_PER_CLASS = 20
 # auto: with fewer classes than this the labels alone teach too little (measured: a two-class
@@ -102,10 +100,9 @@ def min_accuracy(
         return float(setting)
     if objective == "contrastive":
         return round(at_init + AUTO_RETRIEVAL_GAIN * (1.0 - at_init), 4)
-    source = manifest["source"]
-    key = manifest["params"].get("torchvision_dataset") if source == "torchvision" else source
-    if key in AUTO_MIN_ACCURACY:
-        return AUTO_MIN_ACCURACY[key]
+    measured = source(manifest["source"]).min_accuracy(manifest)  # the source's own gate
+    if measured is not None:
+        return measured
     chance = 1.0 / manifest["num_classes"]
     return round(chance + 0.75 * (1.0 - chance), 4)
 

@@ -10,8 +10,7 @@ Output directory (replaced as a whole, never half-written)::
 
 ``ganforge.core.dataset.load_split`` reads a split back and checks it against the
 manifest's checksum, so a file changed or damaged after ``prepare`` is never used silently.
-Adding a data source: one ``load_<source>`` function here returning an ``ImageSet``, its
-branch in ``load_source``, and its name in ``config.PrepareParams.source``.
+The readers and their registry are ``ganforge.core.sources`` (``SOURCES``).
 """
 
 from __future__ import annotations
@@ -26,26 +25,8 @@ import numpy as np
 from ganforge.config import PrepareParams
 from ganforge.core.dataset import FORMAT, MANIFEST, SPLITS, dataset_name
 from ganforge.core.files import atomic_dir, claim_dir, sha256_bytes
-from ganforge.core.sources import (
-    ImageSet,
-    load_digits,
-    load_imagefolder,
-    load_mnist_idx,
-    load_torchvision,
-)
+from ganforge.core.sources import source
 from ganforge.errors import DataError
-
-
-def load_source(p: PrepareParams) -> ImageSet:
-    path = Path(p.path)
-    if p.source == "digits":
-        return load_digits()
-    if p.source == "mnist-idx":
-        return load_mnist_idx(path)
-    if p.source == "torchvision":
-        return load_torchvision(path, p.torchvision_dataset, p.download)
-    return load_imagefolder(path, p.image_size, p.channels)
-
 
 # --------------------------------------------------------------------------- transforms
 
@@ -105,7 +86,7 @@ def _npz_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
 def prepare(params: PrepareParams, out_dir: str | Path) -> dict[str, Any]:
     """Build the prepared dataset in ``out_dir`` and return its manifest."""
     out_dir = claim_dir(out_dir, "prepare")  # before any work: never replace a user's folder
-    ds = load_source(params)
+    ds = source(params.source).load(params)  # core/sources.py: SOURCES
     if len(ds.images) < 2:
         raise DataError(
             f"{params.path or params.source}: only {len(ds.images)} image(s); need at least 2"
