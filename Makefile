@@ -27,7 +27,7 @@ test-fast: $(STAMP) ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
 
 compare: $(STAMP) ## experiments side by side: the headline metrics and the params that matter most
-	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|Created|^fid$$|fid_ci95_(low|high)|fid_floor|kid_mean|^precision$$|^recall$$|class_coverage|mode_collapse|parity_max_abs_diff|train\.(model|steps|lr|seed)$$|prepare\.(name|source|image_size)$$'
+	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep "$$($(BIN)/python -m ganforge.metrics.headline)"
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check src tests pipelines

@@ -215,16 +215,19 @@ def promote_concurrently(registry, tmp_path, separate_homes: bool = False) -> No
 
 
 def promote_in_subprocess(run_dir, fault=None):
+    """promote in a fresh process; ``fault``: SIGKILL it right after that recorded step."""
     code = (
-        "import sys; from pathlib import Path; from ganforge.stages.promote import promote; "
-        "from tests.conftest import tiny_params; d = Path(sys.argv[1]); "
-        "promote(tiny_params(), d / 'eval.json', d / 'export.json', d / 'promote.json')"
+        "import os, signal, sys; from pathlib import Path; import ganforge.stages.promote as P; "
+        "from tests.conftest import tiny_params; d, fault = Path(sys.argv[1]), sys.argv[2]; "
+        "P.after_step = lambda s: s == fault and os.kill(os.getpid(), signal.SIGKILL); "
+        "P.promote(tiny_params(), d / 'eval.json', d / 'export.json', d / 'promote.json')"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if fault:
-        env["GANFORGE_FAULT"] = fault
     return subprocess.run(
-        [sys.executable, "-c", code, str(run_dir)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", code, str(run_dir), fault or ""],
+        env=env,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -309,3 +312,45 @@ def test_the_lock_does_not_depend_on_how_the_uri_is_spelled(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     assert lock_key("sqlite:///mlflow.db") == lock_key(f"sqlite:///{tmp_path}/./mlflow.db")
+
+
+def test_candidate_from_files_round_trips_through_the_registry_tags(tmp_path):
+    """The metrics files give a typed candidate; its tags (the one string boundary) read back
+    to the same candidate, and the numbers it records are the headline's RECORDED names."""
+    from ganforge.metrics.headline import RECORDED
+
+    ev = {"fid": 4.25, "fid_ci95": [3.5, 5.0], "fid_floor": 0.3, "fid_at_floor_samples": 6.0,
+          "separable": True, "kid_mean": 0.01, "is_mean": 3.0, "precision": 0.7, "recall": 0.6,
+          "class_coverage": 1.0, "mode_collapse": False, "mode_collapse_basis": "class histogram",
+          "protocol": {"generator_sha256": "g", "generator_family": "dcgan", "dataset": "digits",
+                       "data_sha256": "d"}}  # fmt: skip
+    ex = {"parity_max_abs_diff": 2e-7, "parity_tolerance": 1e-4, "generator_sha256": "g",
+          "onnx_sha256": "o", "mlflow_run_id": "r", "mlflow_model_uri": "models:/m/1"}  # fmt: skip
+    (tmp_path / "eval.json").write_text(json.dumps(ev))
+    (tmp_path / "export.json").write_text(json.dumps(ex))
+    new, where = Candidate.from_files(tmp_path / "eval.json", tmp_path / "export.json")
+    assert where == {"source": "models:/m/1", "dataset": "digits", "family": "dcgan"}
+    assert (new.fid, new.fid_ci95, new.mode_collapse, new.parity_passed) == (
+        4.25,
+        (3.5, 5.0),
+        False,
+        True,
+    )
+    tags = new.to_tags()
+    assert all(isinstance(v, str) for v in tags.values())
+    assert set(RECORDED) <= set(tags)  # every recorded headline number is on the version
+    assert Candidate.from_tags("3", tags) == Candidate(**{**new.__dict__, "version": "3"})
+    assert decide(new, None).promote
+
+
+def test_headline_lists_come_from_one_definition(tmp_path):
+    import re
+
+    from ganforge.metrics import headline
+
+    assert set(headline.PRINTED) <= set(headline.EVAL_NAMES)
+    keep = re.compile(headline.compare_regex())
+    shown = [c for c in ("fid", "fid_ci95_low", "train.model", "prepare.image_size", "parity_max_abs_diff",
+                         "Experiment", "kid_std", "fid_history", "train.lr_x") if keep.match(c)]  # fmt: skip
+    assert shown == ["fid", "fid_ci95_low", "train.model", "prepare.image_size",
+                     "parity_max_abs_diff", "Experiment"]  # fmt: skip

@@ -89,6 +89,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from ganforge.metrics.headline import PRINTED
     from ganforge.stages.evaluate import evaluate
     from ganforge.tracking import log_evaluation, reopen_run
 
@@ -97,9 +98,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     run = reopen_run(params, Path(generator).parent)
     m = evaluate(params, args.data, generator, args.featurenet, args.metrics, args.reports)
     log_evaluation(run, m, args.metrics, args.reports)
-    keys = ("fid", "fid_ci95", "fid_floor", "kid_mean", "is_mean", "precision", "recall",
-            "class_coverage", "mode_collapse")  # fmt: skip
-    return {**{k: m.get(k) for k in keys}, "seconds": m["timing_s"]["total_s"]}
+    return {**{k: m.get(k) for k in PRINTED}, "seconds": m["timing_s"]["total_s"]}
 
 
 def _export(args: argparse.Namespace) -> dict[str, Any]:

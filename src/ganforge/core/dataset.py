@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from ganforge.core.files import sha256_bytes
-from ganforge.core.sources import source
 from ganforge.errors import DataError
 
 FORMAT = "ganforge.prepared/1"
@@ -35,12 +34,11 @@ class PreparedSplit:
 
 
 def dataset_name(manifest: dict[str, Any]) -> str:
-    """The dataset's short name (experiment and registered-model names use it): ``prepare.name``,
-    else derived from the source. The name is a label; the data's identity is its content
-    (``content_sha256``), which promotion compares before it compares scores."""
-    if manifest.get("name"):
-        return manifest["name"]
-    return source(manifest["source"]).name(manifest)
+    """The dataset's short name (experiment and registered-model names use it), recorded by
+    ``ganforge prepare``: ``prepare.name``, else the source's default (``core.sources``). The
+    name is a label; the data's identity is its content (``content_sha256``), which promotion
+    compares before it compares scores."""
+    return manifest.get("name") or manifest["source"]
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from ganforge.core.grids import fixed_grid_inputs, save_grid, slerp
 from ganforge.errors import GanforgeError
 from ganforge.metrics.controls import FeatureSpaceError, check_controls, score_controls
 from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
+from ganforge.metrics.headline import EVAL_NAMES
 from ganforge.metrics.scores import (
     fid,
     fid_bootstrap,
@@ -73,11 +74,6 @@ from ganforge.metrics.verdicts import class_verdict, recall_verdict
 from ganforge.models import load_generator
 
 log = logging.getLogger(__name__)
-
-
-# what metrics/eval.json holds (DVC's metrics table); the rest goes to eval_details.json
-HEADLINE = ("fid", "fid_ci95", "fid_ci95_low", "fid_ci95_high", "fid_floor", "fid_at_floor_samples", "separable", "kid_mean", "kid_std",
-            "is_mean", "is_std", "precision", "recall", "class_coverage", "kl_class", "mode_collapse", "label_accuracy")  # fmt: skip
 
 
 class EvaluationError(GanforgeError):
@@ -376,5 +372,5 @@ def evaluate(
         ep, extractor, manifest, gmeta, generator_path, n_fake, n_real, m, device
     )
     metrics["timing_s"] = {k: round(v, 3) for k, v in timings.items()}
-    write_metrics(metrics_path, metrics, HEADLINE)
+    write_metrics(metrics_path, metrics, EVAL_NAMES)  # the rest: eval_details.json
     return metrics

@@ -35,6 +35,7 @@ from ganforge.config import Params
 from ganforge.core.files import OutputError, atomic_path, sha256_bytes, write_metrics
 from ganforge.core.runlog import RunLog, Untracked
 from ganforge.errors import GanforgeError
+from ganforge.metrics.headline import EXPORT_NAMES
 from ganforge.models import load_generator
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def export(
         "mlflow_run_id": run.run_id,
         "mlflow_model_uri": run.log_model(out_path),
     }
-    write_metrics(metrics_path, result, ("parity_max_abs_diff", "parity_tolerance", "opset"))
+    write_metrics(metrics_path, result, EXPORT_NAMES)
     return result
 
 

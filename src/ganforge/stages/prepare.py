@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ganforge.config import PrepareParams
-from ganforge.core.dataset import FORMAT, MANIFEST, SPLITS, dataset_name
+from ganforge.core.dataset import FORMAT, MANIFEST, SPLITS
 from ganforge.core.files import atomic_dir, claim_dir, sha256_bytes
 from ganforge.core.sources import source
 from ganforge.errors import DataError
@@ -125,7 +125,8 @@ def prepare(params: PrepareParams, out_dir: str | Path) -> dict[str, Any]:
         "content_sha256": sha256_bytes(*(splits[s]["sha256"].encode() for s in SPLITS)),
         "params": params.model_dump(),
     }
-    manifest["name"] = dataset_name(manifest)  # recorded, so later stages need not derive it
+    # recorded, so later stages need not derive it (nor depend on the readers)
+    manifest["name"] = params.name or source(params.source).name(manifest)
     with atomic_dir(out_dir, owner="prepare") as tmp:
         for name, blob in blobs.items():
             (tmp / f"{name}.npz").write_bytes(blob)
