@@ -46,8 +46,20 @@ class KeepBest:
     def plateaued(self) -> bool:
         return self.patience > 0 and self.since >= self.patience
 
+    def ship(self, ema: nn.Module, raw: nn.Module, keep: str, last_step: int) -> dict[str, Any]:
+        """Put the generator to ship into ``ema`` and ``raw``: for ``train.keep=best`` the
+        best-FID one when the probe ran (training is over; its last state is in the
+        checkpoints), else they stay the last. -> which step is shipped, and the best probe."""
+        if keep == "best" and self.step is not None and self.step != last_step:
+            ema.load_state_dict(self.ema)
+            raw.load_state_dict(self.raw)
+        shipped = self.step if keep == "best" and self.step is not None else last_step
+        fid = self.fid if self.step is not None else None
+        return {"shipped_step": shipped, "best_probe_fid": fid, "best_probe_step": self.step}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "fid": self.fid, "since": self.since, "ema": self.ema, "raw": self.raw}  # fmt: skip
+        keys = ("step", "fid", "since", "ema", "raw")
+        return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.fid, self.since = state["step"], state["fid"], state["since"]

@@ -12,6 +12,8 @@ what it measures is what ``ganforge train`` runs.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +26,36 @@ from ganforge.core import fastpath
 from ganforge.core.device import to_unit_range
 from ganforge.engine.augment import Augment, AugmentedD
 from ganforge.engine.distributed import World, globalise_batchnorm
-from ganforge.errors import ConfigError
+from ganforge.errors import CheckpointError, ConfigError
 from ganforge.models import ModelSpec, make_variant
+
+log = logging.getLogger(__name__)
+
+
+# Keys that fix the architecture: a checkpoint can only be resumed with the same values.
+ARCH_KEYS = ("model", "latent_dim", "g_width", "d_width")
+
+
+def check_resumable(ckpt_params: dict[str, Any], params: Params, path: Path) -> None:
+    """A checkpoint trained with ``ckpt_params`` may resume under ``params``: same
+    architecture and image size (else one line naming the key), other changes warned of."""
+    old, new = ckpt_params["train"], params.train.model_dump()
+    for key in ARCH_KEYS:
+        if old[key] != new[key]:
+            raise CheckpointError(
+                f"{path}: trained with train.{key}={old[key]!r}, params say {new[key]!r}; "
+                "resume needs the same architecture (or drop --resume)"
+            )
+    if ckpt_params["prepare"]["image_size"] != params.prepare.image_size:
+        raise CheckpointError(
+            f"{path}: trained at {ckpt_params['prepare']['image_size']} px, prepare.image_size is "
+            f"{params.prepare.image_size}; resume needs the same data"
+        )
+    changed = [k for k in new if k not in ARCH_KEYS + ("steps",) and old.get(k) != new[k]]
+    if changed:
+        log.warning(
+            "resuming %s with changed params: %s", path, ", ".join(f"train.{k}" for k in changed)
+        )
 
 
 class WarmupEMA:

@@ -45,36 +45,15 @@ from ganforge.core.runlog import RUN_FILE, RunLog, Untracked
 from ganforge.engine.best import KeepBest
 from ganforge.engine.distributed import World
 from ganforge.engine.losslog import LossLog
-from ganforge.engine.trainer import Trainer
+from ganforge.engine.schedule import Schedule
+from ganforge.engine.trainer import Trainer, check_resumable
 from ganforge.errors import CheckpointError, ConfigError
 from ganforge.models import save_generator
 
 log = logging.getLogger(__name__)
 
-# Keys that fix the architecture: a checkpoint can only be resumed with the same values.
-ARCH_KEYS = ("model", "latent_dim", "g_width", "d_width")
 # What generator.pt says about the data it was trained on (from the manifest).
 DATA_KEYS = ("source", "image_size", "channels", "num_classes", "class_names", "content_sha256")
-
-
-def _check_resumable(ckpt_params: dict[str, Any], params: Params, path: Path) -> None:
-    old, new = ckpt_params["train"], params.train.model_dump()
-    for key in ARCH_KEYS:
-        if old[key] != new[key]:
-            raise CheckpointError(
-                f"{path}: trained with train.{key}={old[key]!r}, params say {new[key]!r}; "
-                "resume needs the same architecture (or drop --resume)"
-            )
-    if ckpt_params["prepare"]["image_size"] != params.prepare.image_size:
-        raise CheckpointError(
-            f"{path}: trained at {ckpt_params['prepare']['image_size']} px, prepare.image_size is "
-            f"{params.prepare.image_size}; resume needs the same data"
-        )
-    changed = [k for k in new if k not in ARCH_KEYS + ("steps",) and old.get(k) != new[k]]
-    if changed:
-        log.warning(
-            "resuming %s with changed params: %s", path, ", ".join(f"train.{k}" for k in changed)
-        )
 
 
 def work_dir(out_dir: str | Path, run_name: str) -> Path:
@@ -104,7 +83,7 @@ def _resume(trainer, best: KeepBest, run_dir: Path, params: Params, split: Prepa
     """Load the newest intact checkpoint into ``trainer`` and ``best``; returns (loss history,
     FID history)."""
     state, path = load_latest(run_dir / "checkpoints", map_location=device)
-    _check_resumable(state["params"], params, path)
+    check_resumable(state["params"], params, path)
     if state.get("data_sha256") != split.manifest["content_sha256"]:
         raise CheckpointError(
             f"{path}: trained on other data than this dataset (content_sha256 differs)"
@@ -163,6 +142,23 @@ def _save_checkpoint(trainer: Trainer, best: KeepBest, history, run_dir: Path, d
     write_csv(run_dir / "history.csv", history)
 
 
+def _inputs(params: Params, data_dir) -> tuple[PreparedSplit, torch.device, World]:
+    """The training split (checked against prepare.image_size), the device and this process's
+    place in the world (one process, or a rank of torchrun's: its own GPU on CUDA)."""
+    split = load_split(data_dir, "train")
+    if split.manifest["image_size"] != params.prepare.image_size:
+        raise ConfigError(
+            f"prepare.image_size: params say {params.prepare.image_size} px but {data_dir} holds "
+            f"{split.manifest['image_size']} px images; rerun `ganforge prepare`"
+        )
+    device = resolve_device(params.train.device)
+    world = World.from_env(device.type)
+    if world.active and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return split, device, world
+
+
 def train(
     params: Params,
     data_dir: str | Path,
@@ -182,20 +178,9 @@ def train(
     """
     tracker = tracker or Untracked()
     tp = params.train
-    device = resolve_device(tp.device)
-    split = load_split(data_dir, "train")
+    split, device, world = _inputs(params, data_dir)
     manifest = split.manifest
-    if manifest["image_size"] != params.prepare.image_size:
-        raise ConfigError(
-            f"prepare.image_size: params say {params.prepare.image_size} px but {data_dir} holds "
-            f"{manifest['image_size']} px images; rerun `ganforge prepare`"
-        )
-    final_dir = Path(out_dir) / tp.run_name
-    run_dir = work_dir(out_dir, tp.run_name)
-    world = World.from_env(device.type)  # one process, or this rank of torchrun's
-    if world.active and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
+    final_dir, run_dir = Path(out_dir) / tp.run_name, work_dir(out_dir, tp.run_name)
     trainer = Trainer(params, split.images, split.labels, manifest["num_classes"], device, world)
     if not world.is_main:
         return _follow(trainer, run_dir, resume, device)
@@ -215,54 +200,11 @@ def train(
     record = tracker.record()
     if record is not None:  # this run's provenance, moved into place with its outputs
         write_json(run_dir / RUN_FILE, record)
-
-    z_fixed, y_fixed, nrow = fixed_grid_inputs(
-        tp.grid_size, tp.latent_dim, manifest["num_classes"], trainer.conditional, tp.seed
-    )
-    samples_dir = run_dir / "samples"
-    if trainer.step_count == 0:
-        save_grid(trainer.sample(z_fixed, y_fixed), samples_dir / "step_00000000.png", nrow)
     log.info("%s on %s: %s", tp.model, device, trainer.fast.describe())
-    losses = LossLog(trainer, history, run_dir)
-    t_start, step0 = time.perf_counter(), trainer.step_count
 
-    bar = Progress(tp.model, device.type, trainer.step_count, tp.steps, progress)
-    unsent: list[dict[str, float]] = []  # loss rows go to the tracker at each grid, in one call
-    stopped = "steps"  # or "max_minutes", "patience": why the loop ended
-    while trainer.step_count < tp.steps and stopped == "steps":
-        losses.pending.append(trainer.step())
-        step = trainer.step_count
-        if tp.max_minutes and time.perf_counter() - t_start >= 60 * tp.max_minutes:
-            stopped = "max_minutes"
-        last = step == tp.steps or stopped != "steps"
-        if step % tp.log_every == 0 or last:
-            unsent += losses.flush()
-            bar.update(step, history[-1], losses.rate)
-        if step % tp.sample_every == 0 or last:
-            grid_path = samples_dir / f"step_{step:08d}.png"
-            save_grid(trainer.sample(z_fixed, y_fixed), grid_path, nrow)
-            tracker.log_artifact(grid_path, "samples")
-            tracker.log_image(grid_path, "samples", step)
-            if probe is not None:
-                fid_rows.append({"step": step, "fid": probe(trainer.sample)})
-                write_csv(run_dir / "fid_history.csv", fid_rows)
-                tracker.log_metrics({"fid_ema": fid_rows[-1]["fid"]}, step)
-                best.update(step, fid_rows[-1]["fid"], trainer.ema.module, trainer.G)
-                if best.plateaued and not last:
-                    stopped, last = "patience", True
-        if step % tp.checkpoint_every == 0 or step % tp.sample_every == 0 or last:
-            tracker.log_history(unsent + losses.flush())
-            unsent = []
-        if step % tp.checkpoint_every == 0 or last:
-            _save_checkpoint(trainer, best, history, run_dir, manifest["content_sha256"])
-        world.agree(stopped != "steps", device)  # the other ranks stop when rank 0 does
-    world.close()  # the collectives are over; what follows is rank 0's I/O
-    if stopped != "steps":
-        log.info("stopped at step %d of %d: train.%s", trainer.step_count, tp.steps, stopped)
-    bar.close()
-    tracker.log_history(unsent + losses.flush())
-    elapsed = time.perf_counter() - t_start
-
+    step0 = trainer.step_count
+    loop = _Loop(trainer, probe, best, tracker, run_dir, history, fid_rows, progress)
+    stopped, elapsed = loop.run(manifest)
     trained = trainer.step_count - step0
     summary = {
         "model": tp.model,
@@ -271,30 +213,85 @@ def train(
         "steps": trainer.step_count,
         "steps_this_run": trained,
         "seconds": round(elapsed, 3),
-        "img_per_s": round(trained * losses.images_per_step / elapsed, 1) if trained else 0.0,
+        "img_per_s": round(trained * loop.losses.images_per_step / elapsed, 1) if trained else 0.0,
         "final_d_loss": history[-1]["d_loss"] if history else None,
         "final_g_loss": history[-1]["g_loss"] if history else None,
         "torch": torch.__version__,
         "fast_path": trainer.fast.record(),
         "stopped": stopped,  # steps | max_minutes | patience
-        **_ship(trainer, best, tp.keep),
+        **best.ship(trainer.ema.module, trainer.G, tp.keep, trainer.step_count),
     }
+    if summary["shipped_step"] != trainer.step_count:
+        log.info("generator.pt: step %d (probe FID %.4g), the best of run", best.step, best.fid)
     _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker)
     claim_dir(final_dir, "train")
     replace_dir(run_dir, final_dir)  # the run's outputs move into place together
     return summary
 
 
-def _ship(trainer: Trainer, best: KeepBest, keep: str) -> dict[str, Any]:
-    """Put the generator to ship into ``trainer`` (the best-FID one for keep=best when the
-    probe ran; training is over, its last state is in the checkpoints) and say which it is."""
-    if keep == "best" and best.step is not None and best.step != trainer.step_count:
-        trainer.ema.module.load_state_dict(best.ema)
-        trainer.G.load_state_dict(best.raw)
-        log.info("generator.pt: step %d (probe FID %.4g), the best of the run", best.step, best.fid)
-    shipped = best.step if keep == "best" and best.step is not None else trainer.step_count
-    fid = best.fid if best.step is not None else None
-    return {"shipped_step": shipped, "best_probe_fid": fid, "best_probe_step": best.step}
+class _Loop:
+    """Rank 0's loop: steps, and what ``Schedule`` says is due after each (losses to the
+    host and the tracker, grids and the FID probe, keep-best and patience, checkpoints)."""
+
+    def __init__(self, trainer, probe, best, tracker, run_dir, history, fid_rows, progress):
+        self.trainer, self.probe, self.best, self.tracker = trainer, probe, best, tracker
+        self.run_dir, self.history, self.fid_rows = run_dir, history, fid_rows
+        self.progress = progress
+        self.losses: LossLog  # made when the loop starts: its first window starts there
+        self.unsent: list[dict[str, float]] = []  # loss rows not yet sent to the tracker
+
+    def run(self, manifest) -> tuple[str, float]:
+        """-> (why it stopped: steps | max_minutes | patience, seconds in the loop)."""
+        trainer, tp = self.trainer, self.trainer.params.train
+        z, y, nrow = fixed_grid_inputs(
+            tp.grid_size, tp.latent_dim, manifest["num_classes"], trainer.conditional, tp.seed
+        )
+        samples = self.run_dir / "samples"
+        if trainer.step_count == 0:
+            save_grid(trainer.sample(z, y), samples / "step_00000000.png", nrow)
+        self.losses = LossLog(trainer, self.history, self.run_dir)
+        schedule, stopped = Schedule.from_params(tp), "steps"
+        bar = Progress(tp.model, trainer.device.type, trainer.step_count, tp.steps, self.progress)
+        t_start = time.perf_counter()
+        while trainer.step_count < tp.steps and stopped == "steps":
+            self.losses.pending.append(trainer.step())
+            step = trainer.step_count
+            if tp.max_minutes and time.perf_counter() - t_start >= 60 * tp.max_minutes:
+                stopped = "max_minutes"
+            due = schedule.at(step, stopping=stopped != "steps")
+            if due.log:
+                self.unsent += self.losses.flush()
+                bar.update(step, self.history[-1], self.losses.rate)
+            if due.sample:
+                grid = samples / f"step_{step:08d}.png"
+                save_grid(trainer.sample(z, y), grid, nrow)
+                self.tracker.log_artifact(grid, "samples")
+                self.tracker.log_image(grid, "samples", step)
+                if self._probe(step) and not due.last:
+                    stopped, due = "patience", schedule.at(step, stopping=True)
+            if due.flush:
+                self.tracker.log_history(self.unsent + self.losses.flush())
+                self.unsent = []
+            if due.checkpoint:
+                data_sha256 = manifest["content_sha256"]
+                _save_checkpoint(trainer, self.best, self.history, self.run_dir, data_sha256)
+            trainer.world.agree(stopped != "steps", trainer.device)  # the others stop with rank 0
+        trainer.world.close()  # the collectives are over; what follows is rank 0's I/O
+        if stopped != "steps":
+            log.info("stopped at step %d of %d: train.%s", trainer.step_count, tp.steps, stopped)
+        bar.close()
+        self.tracker.log_history(self.unsent + self.losses.flush())
+        return stopped, time.perf_counter() - t_start
+
+    def _probe(self, step: int) -> bool:
+        """FID of EMA samples now (with a probe): recorded, kept if best. -> plateaued."""
+        if self.probe is None:
+            return False
+        self.fid_rows.append({"step": step, "fid": self.probe(self.trainer.sample)})
+        write_csv(self.run_dir / "fid_history.csv", self.fid_rows)
+        self.tracker.log_metrics({"fid_ema": self.fid_rows[-1]["fid"]}, step)
+        self.best.update(step, self.fid_rows[-1]["fid"], self.trainer.ema.module, self.trainer.G)
+        return self.best.plateaued
 
 
 def _save_outputs(trainer, params, manifest, run_dir, summary, history, fid_rows, tracker) -> None:
