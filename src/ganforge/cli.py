@@ -83,8 +83,15 @@ def _train(args: argparse.Namespace) -> dict[str, Any] | None:
         )
         return None
     with training_run(params, read_manifest(args.data)) as run:
-        summary = train(params, args.data, args.out, resume=args.resume, progress=progress,
-                        tracker=run, featurenet=featurenet)  # fmt: skip
+        summary = train(
+            params,
+            args.data,
+            args.out,
+            resume=args.resume,
+            progress=progress,
+            tracker=run,
+            featurenet=featurenet,
+        )
     return {**summary, "mlflow_run_id": run.run_id}
 
 
@@ -150,9 +157,14 @@ def _stage(
     p.set_defaults(handler=handler)
     if params:
         p.add_argument("--params", default=PARAMS, help="params file (default: %(default)s)")
-        p.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="SECTION.KEY=VALUE",
-                       help="override one params key, e.g. --set train.lr=1e-4 (repeatable)")  # fmt: skip
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one params key, e.g. --set train.lr=1e-4 (repeatable)",
+        )
     return p
 
 

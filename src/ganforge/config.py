@@ -14,7 +14,6 @@ the allowed values (``ConfigError``).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +28,7 @@ from pydantic import (
 )
 
 from ganforge.core.sources import SOURCES
+from ganforge.core.validation import format_error, short
 from ganforge.core.yamlsafe import load_yaml
 from ganforge.errors import ConfigError
 from ganforge.models import VARIANTS, all_settings
@@ -82,7 +82,8 @@ class PrepareParams(_Section):
 class _TrainCommon(_Section):
     """The keys every family reads; each family's own keys come from its ``settings``."""
 
-    model: str = "cdcgan"  # measured best FID per minute on digits and MNIST (benchmarks/RESULTS.md, "Quality")
+    # measured best FID per minute on digits and MNIST (benchmarks/RESULTS.md, "Quality")
+    model: str = "cdcgan"
     run_name: str = Field("main", pattern=NAME_PATTERN)
     latent_dim: int = Field(64, ge=1, le=1024)
     g_width: int = Field(32, ge=4, le=1024)
@@ -224,12 +225,15 @@ class Params(_Section):
             ada = ", ".join(n for n, v in VARIANTS.items() if v.ada_signal)
             raise ValueError(
                 f"train.augment: ada adapts to the sign of D(real), which means nothing for "
-                f"train.model={self.train.model} (ada works with {ada}; diffaugment with every family)"
+                f"train.model={self.train.model} (ada works with {ada}; diffaugment with every "
+                "family)"
             )
         allowed = VARIANTS[self.train.model].image_sizes
         size = self.prepare.image_size
         if size not in allowed:
-            shown = f"{allowed[0]}..{allowed[-1]}" if len(allowed) > 8 else ", ".join(map(str, allowed))  # fmt: skip
+            shown = (
+                f"{allowed[0]}..{allowed[-1]}" if len(allowed) > 8 else ", ".join(map(str, allowed))
+            )
             raise ValueError(
                 f"prepare.image_size: {size} px is not supported by train.model={self.train.model} "
                 f"(allowed: {shown})"
@@ -239,65 +243,15 @@ class Params(_Section):
     def flat(self) -> dict[str, Any]:
         """``{"train.lr": 0.0002, ...}``: the names used for tracked params."""
         dump = self.model_dump()
-        return {f"{sec}.{key}": value for sec, values in dump.items() for key, value in values.items()}  # fmt: skip
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "...'" * isinstance(value, str) + "..."  # fmt: skip
-
-
-def _format_error(
-    err: ValidationError, source: str, overridden: frozenset[str] = frozenset()
-) -> str:
-    """One part per problem, ``source: section.key: what is wrong (got X)``; a key set with
-    ``--set`` is named as ``--set section.key``, so the user knows where the value came from."""
-    parts: list[str] = []
-    seen: dict[str, int] = {}  # a union's branches (auto | a number) report one key once
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not _union_branch(p))
-        origin = "--set" if ".".join(str(p) for p in e["loc"][:2]) in overridden else f"{source}:"
-        if e["type"] == "extra_forbidden":
-            section_model = _model_at(e["loc"][:-1])
-            allowed = ", ".join(section_model.model_fields) if section_model else "?"
-            parts.append(f"{origin} {loc}: unknown key (allowed: {allowed})")
-            continue
-        msg = e["msg"].removeprefix("Value error, ")
-        if msg.startswith(loc + ":") or re.match(r"^[a-z_]+\.[a-z_]+: ", msg):
-            parts.append(f"{origin} {msg}")  # our own validators already name the key
-        else:
-            got = e.get("input")
-            got_s = "" if isinstance(got, dict) else f" (got {_short(got)})"
-            if loc in seen:  # "Input should be 'auto'" joins the number branch's message
-                first = parts[seen[loc]].replace(got_s, "")
-                parts[seen[loc]] = f"{first}, or {msg[0].lower()}{msg[1:]}{got_s}"
-                continue
-            seen[loc] = len(parts)
-            parts.append(f"{origin} {loc or 'params'}: {msg}{got_s}")
-    return "; ".join(parts)
-
-
-def _union_branch(part: Any) -> bool:
-    """pydantic's name for one branch of a union type in an error location."""
-    return isinstance(part, str) and part.startswith(("literal[", "constrained-"))
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Params
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
-            return None
-        model = field.annotation
-    return model
+        return {
+            f"{sec}.{key}": value for sec, values in dump.items() for key, value in values.items()
+        }
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> str:
     """Apply ``section.key=value`` (value parsed as YAML) to the raw params dict in place;
     returns ``section.key``."""
-    shown = _short(assignment)
+    shown = short(assignment)
     if len(assignment) > 4096:
         raise ConfigError(f"--set {shown}: longer than 4096 characters")
     key, sep, value = assignment.partition("=")
@@ -307,7 +261,8 @@ def apply_override(raw: dict[str, Any], assignment: str) -> str:
     section, name = parts
     if section not in Params.model_fields:
         raise ConfigError(
-            f"--set {shown}: unknown section {_short(section, 40)} (allowed: {', '.join(Params.model_fields)})"
+            f"--set {shown}: unknown section {short(section, 40)} (allowed: "
+            f"{', '.join(Params.model_fields)})"
         )
     parsed = load_yaml(value, f"--set {shown}: value") if value.strip() else ""
     target = raw.setdefault(section, {})
@@ -329,7 +284,7 @@ def parse_params(
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source, overridden)) from None
+        raise ConfigError(format_error(err, Params, source, overridden)) from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply") from None
 

@@ -57,9 +57,16 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 # the manifest's keys and their types; a hand-edited manifest is refused by key
 _SCHEMA = {
-    "source": str, "path": str, "image_size": int, "channels": int, "num_classes": int,
-    "class_names": list, "splits": dict, "content_sha256": str, "params": dict,
-}  # fmt: skip
+    "source": str,
+    "path": str,
+    "image_size": int,
+    "channels": int,
+    "num_classes": int,
+    "class_names": list,
+    "splits": dict,
+    "content_sha256": str,
+    "params": dict,
+}
 
 
 def _check_schema(manifest: dict[str, Any], path: Path) -> None:
@@ -104,7 +111,8 @@ def load_split(data_dir: str | Path, split: str = "train") -> PreparedSplit:
         raise DataError(f"{path}: cannot read ({exc.strerror}); rerun `ganforge prepare`") from None
     if sha256_bytes(blob) != entry["sha256"]:
         raise DataError(
-            f"{path}: checksum mismatch with manifest.json (corrupt or changed); rerun `ganforge prepare`"
+            f"{path}: checksum mismatch with manifest.json (corrupt or changed); rerun "
+            "`ganforge prepare`"
         )
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:

@@ -130,7 +130,8 @@ def sha256_bytes(*blobs: bytes | memoryview) -> str:
 
 
 def details_path(metrics_path: str | Path) -> Path:
-    """Where the non-headline part of a metrics file goes: ``eval.json`` -> ``eval_details.json``."""
+    """Where the non-headline part of a metrics file goes:
+    ``eval.json`` -> ``eval_details.json``."""
     p = Path(metrics_path)
     return p.with_name(f"{p.stem}_details{p.suffix}")
 

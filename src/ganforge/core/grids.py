@@ -29,7 +29,8 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, min_tile: int = 48) -
 def fixed_grid_inputs(
     n: int, latent_dim: int, num_classes: int, conditional: bool, seed: int
 ) -> tuple[Tensor, Tensor | None, int]:
-    """Noise (and labels) for sample grids, the same every run with the same seed -> (z, labels, nrow).
+    """Noise (and labels) for sample grids, the same every run with the same seed
+    -> (z, labels, nrow).
 
     Conditional: ``n`` is rounded up to whole rows and labels cycle 0..K-1, so with
     ``nrow=K`` each column is one class.
@@ -59,7 +60,8 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 def plot_curves(
     history: list[dict[str, float]], fid_rows: list[dict[str, float]], path: str | Path
 ) -> bool:
-    """Loss curves (and FID per sample step) as a PNG that renders offline; False without matplotlib."""
+    """Loss curves (and FID per sample step) as a PNG that renders offline; False without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -91,3 +93,37 @@ def plot_curves(
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return True
+
+
+@torch.no_grad()
+def write_reports(
+    G: torch.nn.Module,
+    latent: int,
+    num_classes: int,
+    conditional: bool,
+    seed: int,
+    steps: int,
+    out: Path,
+    device: torch.device,
+) -> None:
+    """The evaluate stage's pictures in ``out``: samples.png (64 from fixed noise),
+    interpolation.png (slerp between 6 latent pairs in ``steps`` steps) and, for conditional
+    models, per_class.png (a row of 10 per class)."""
+
+    def run(z: Tensor, y: Tensor | None) -> Tensor:
+        return G(z.to(device), y.to(device) if y is not None else None)
+
+    z, y, nrow = fixed_grid_inputs(64, latent, num_classes, conditional, seed)
+    save_grid(run(z, y), out / "samples.png", nrow)
+    pairs = 6
+    gz = torch.Generator().manual_seed(seed + 11)
+    a, b = torch.randn(pairs, latent, generator=gz), torch.randn(pairs, latent, generator=gz)
+    path = slerp(a, b, torch.linspace(0, 1, steps)).reshape(-1, latent)
+    y_int = (torch.arange(pairs) % num_classes).repeat_interleave(steps) if conditional else None
+    save_grid(run(path, y_int), out / "interpolation.png", steps)
+    if conditional:
+        per_row = 10
+        yc = torch.arange(num_classes).repeat_interleave(per_row)
+        save_grid(
+            run(torch.randn(len(yc), latent, generator=gz), yc), out / "per_class.png", per_row
+        )

@@ -12,7 +12,7 @@ class Progress:
     """A tqdm bar on a terminal; elsewhere (DVC, CI, a log file) a plain line at every tenth
     of the run or every ``every_s`` seconds, whichever comes first:
 
-        ganforge train: INFO: step 1200/3000 (40%)  3,105 img/s  d_loss 1.234  g_loss 0.987  eta 58 s
+    ganforge train: INFO: step 1200/3000 (40%)  3,105 img/s  d_loss 1.234  g_loss 0.987  eta 58 s
     """
 
     def __init__(
@@ -50,8 +50,14 @@ class Progress:
         eta = (self.total - step) * (now - self.t0) / done if done else float("nan")
         log.info(
             "step %d/%d (%d%%)  %s img/s  d_loss %.3f  g_loss %.3f  eta %.0f s",
-            step, self.total, 100 * step // self.total, f"{rate:,.0f}", last["d_loss"], last["g_loss"], eta,
-        )  # fmt: skip
+            step,
+            self.total,
+            100 * step // self.total,
+            f"{rate:,.0f}",
+            last["d_loss"],
+            last["g_loss"],
+            eta,
+        )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -95,7 +95,8 @@ def read_idx(path: Path, expect_ndim: int) -> np.ndarray:
     expected = header + math.prod(dims)  # Python ints: no overflow on hostile headers
     if len(data) != expected:
         raise DataError(
-            f"{path}: wrong length {len(data)} bytes for dims {dims} (expected {expected}); truncated or corrupt"
+            f"{path}: wrong length {len(data)} bytes for dims {dims} (expected {expected}); "
+            "truncated or corrupt"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -141,7 +142,8 @@ def load_mnist_idx(directory: Path) -> ImageSet:
         lbls = read_idx(lbl_path, 1)
         if imgs.shape[1] != imgs.shape[2]:
             raise DataError(
-                f"{img_path}: images are {imgs.shape[1]}x{imgs.shape[2]}; only square idx images are "
+                f"{img_path}: images are {imgs.shape[1]}x{imgs.shape[2]}; only square idx "
+                "images are "
                 "supported (stretching would distort them)"
             )
         if len(imgs) != len(lbls):

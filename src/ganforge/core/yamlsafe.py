@@ -19,7 +19,9 @@ class _StrictLoader(yaml.SafeLoader):
             raise _ParamsYamlError(f"YAML aliases are not allowed in params (line {mark.line + 1})")
         event = self.peek_event()
         if getattr(event, "anchor", None):
-            raise _ParamsYamlError(f"YAML anchors are not allowed in params (line {event.start_mark.line + 1})")  # fmt: skip
+            raise _ParamsYamlError(
+                f"YAML anchors are not allowed in params (line {event.start_mark.line + 1})"
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):

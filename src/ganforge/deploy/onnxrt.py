@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ganforge.core import onnxmeta
 from ganforge.core.cores import usable_cores
 from ganforge.errors import GanforgeError
 
@@ -51,13 +52,13 @@ class ModelInfo:
     def from_metadata(cls, meta: dict[str, str], source: str) -> ModelInfo:
         try:
             return cls(
-                family=meta["ganforge.family"],
-                latent_dim=int(meta["ganforge.latent_dim"]),
-                num_classes=int(meta["ganforge.num_classes"]),
-                class_names=json.loads(meta["ganforge.class_names"]),
-                conditional=meta["ganforge.conditional"] == "true",
-                image_size=int(meta["ganforge.image_size"]),
-                channels=int(meta["ganforge.channels"]),
+                family=meta[onnxmeta.FAMILY],
+                latent_dim=int(meta[onnxmeta.LATENT_DIM]),
+                num_classes=int(meta[onnxmeta.NUM_CLASSES]),
+                class_names=json.loads(meta[onnxmeta.CLASS_NAMES]),
+                conditional=meta[onnxmeta.CONDITIONAL] == "true",
+                image_size=int(meta[onnxmeta.IMAGE_SIZE]),
+                channels=int(meta[onnxmeta.CHANNELS]),
                 metadata=dict(meta),
             )
         except (KeyError, ValueError) as exc:
@@ -211,7 +212,8 @@ class OnnxGenerator:
 def grid_png(
     images: np.ndarray, nrow: int | None = None, padding: int = 2, min_tile: int = 48
 ) -> bytes:
-    """PNG bytes of a grid of (N, C, H, W) images in [-1, 1] (numpy + pillow; small tiles enlarged)."""
+    """PNG bytes of a grid of (N, C, H, W) images in [-1, 1] (numpy + pillow; small tiles
+    enlarged)."""
     from PIL import Image
 
     n, c, h, w = images.shape

@@ -64,7 +64,8 @@ def _check_label(gen: OnnxGenerator, label: int | None) -> str | None:
     if not info.conditional:
         return f"label: this {info.family} model is unconditional; omit label"
     if not 0 <= label < info.num_classes:
-        return f"label: {label} is not a class of this model (0..{info.num_classes - 1}: {', '.join(info.class_names)})"
+        names = ", ".join(info.class_names)
+        return f"label: {label} is not a class of this model (0..{info.num_classes - 1}: {names})"
     return None
 
 
@@ -92,8 +93,15 @@ def generate_to_file(
     nrow = gen.info.num_classes if gen.info.conditional and label is None else None
     with atomic_path(out) as tmp:
         tmp.write_bytes(grid_png(images, nrow=nrow))
-    return {"out": str(out), "n": n, "seed": seed, "label": label, "model": model,
-            "providers": gen.session.get_providers(), "threads": gen.threads}  # fmt: skip
+    return {
+        "out": str(out),
+        "n": n,
+        "seed": seed,
+        "label": label,
+        "model": model,
+        "providers": gen.session.get_providers(),
+        "threads": gen.threads,
+    }
 
 
 class ModelHolder:
@@ -179,8 +187,12 @@ def create_app(model_ref: str, threads: int | None = None):
         yield
         holder.close()
 
-    app = FastAPI(title="ganforge", description="GAN image generation with onnxruntime", version="1",
-                  lifespan=lifespan)  # fmt: skip
+    app = FastAPI(
+        title="ganforge",
+        description="GAN image generation with onnxruntime",
+        version="1",
+        lifespan=lifespan,
+    )
     app.state.holder = holder
 
     def describe(gen: OnnxGenerator) -> dict[str, Any]:
@@ -216,8 +228,11 @@ def create_app(model_ref: str, threads: int | None = None):
     def model() -> dict[str, Any]:
         return describe(holder.generator)
 
-    @app.get("/generate", responses={200: {"content": {"image/png": {}}, "description": "PNG grid"}},
-             response_class=Response)  # fmt: skip
+    @app.get(
+        "/generate",
+        responses={200: {"content": {"image/png": {}}, "description": "PNG grid"}},
+        response_class=Response,
+    )
     def generate(
         n: int = Query(16, ge=1, le=MAX_N, description="number of images"),
         seed: int = Query(0, ge=0, le=SEED_MAX, description="noise seed: same seed, same images"),
@@ -258,8 +273,9 @@ def create_app(model_ref: str, threads: int | None = None):
         try:
             gen = holder.reload()
         except Exception as exc:  # keep serving the old model; say why the new one failed
-            raise HTTPException(status_code=503,
-                                detail=f"reload failed, still serving the previous model: {exc}") from None  # fmt: skip
+            raise HTTPException(
+                status_code=503, detail=f"reload failed, still serving the previous model: {exc}"
+            ) from None
         return describe(gen)
 
     return app

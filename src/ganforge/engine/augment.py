@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 ADA_TARGET = 0.6  # r_t the adaptive probability aims for (Karras et al. 2020)
 ADA_INTERVAL = 4  # steps between adjustments
-ADA_KIMG = 100  # thousand real images for p to be able to go from 0 to 1 (the paper: 500; our runs are short)
+# thousand real images for p to be able to go from 0 to 1 (the paper: 500; our runs are short)
+ADA_KIMG = 100
 
 
 Shard = tuple[int, int]  # (rank, world size): draws are made for the global batch, then sliced

@@ -118,7 +118,8 @@ class World:
         return bool(t.item())
 
     def broadcast_module(self, module: nn.Module) -> None:
-        """Rank 0's weights and buffers on every rank (same seed makes them equal; this makes sure)."""
+        """Rank 0's weights and buffers on every rank (same seed makes them equal; this makes
+        sure)."""
         if self.active:
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t.data, src=0)
@@ -137,8 +138,17 @@ def launch(nproc: int, argv: list[str]) -> None:
     (``torch.distributed.run --standalone``): what ``train.nproc_per_node`` > 1 does, so the
     DVC stage and the Prefect flow need no torchrun line. Returns when every rank is done;
     if one fails (an error, or killed), torchrun stops the others and this raises."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "ganforge", *argv]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "--max-restarts=0",
+        "-m",
+        "ganforge",
+        *argv,
+    ]
     code = subprocess.run(cmd, check=False).returncode
     if code != 0:
         raise LaunchError(

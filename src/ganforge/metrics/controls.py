@@ -85,12 +85,14 @@ def check_controls(scores: dict[str, float], ratio: float, where: str) -> None:
     hint = f"the scores in it would be meaningless; {where} (evaluate.control_ratio = {ratio:g})"
     if not floor > 0:
         raise FeatureSpaceError(
-            f"feature space cannot separate real images from each other (real-vs-real FID {floor:.3g}): {hint}"
+            "feature space cannot separate real images from each other (real-vs-real FID "
+            f"{floor:.3g}): {hint}"
         )
     weakest = min(CONTROLS, key=lambda k: scores[k])
     if not scores[weakest] >= ratio * floor:
         shown = ", ".join(f"{k} {scores[k]:.3g}" for k in CONTROLS)
         raise FeatureSpaceError(
             f"feature space cannot separate these sets: the {weakest} negative control scores FID "
-            f"{scores[weakest]:.4g}, under {ratio:g} x the real-data floor {floor:.4g} ({shown}): {hint}"
+            f"{scores[weakest]:.4g}, under {ratio:g} x the real-data floor {floor:.4g} "
+            f"({shown}): {hint}"
         )

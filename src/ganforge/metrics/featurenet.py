@@ -47,10 +47,16 @@ class FeatureNet(nn.Module):
             ]
 
         self.body = nn.Sequential(
-            *block(channels, w), *block(w, w), nn.MaxPool2d(2),
-            *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
-            *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            *block(channels, w),
+            *block(w, w),
+            nn.MaxPool2d(2),
+            *block(w, 2 * w),
+            *block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.embed = nn.Sequential(nn.Linear(4 * w, feature_dim), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(feature_dim, num_classes)
         self.num_features = feature_dim  # torchmetrics reads this instead of probing a 299 px image

@@ -102,7 +102,8 @@ def _safe_inception_state(path: Path) -> dict[str, Tensor]:
         ) from None
     if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
         raise ConfigError(
-            f"evaluate.inception_weights: {path} is not an FID InceptionV3 state dict ({INCEPTION_FILE})"
+            f"evaluate.inception_weights: {path} is not an FID InceptionV3 state dict "
+            f"({INCEPTION_FILE})"
         )
     return state
 
@@ -135,13 +136,16 @@ class InceptionFeatures(FeatureExtractor):
         source = Path(weights) if weights else cached
         if source is None and os.environ.get("GANFORGE_OFFLINE", "") not in ("", "0"):
             raise ConfigError(
-                f"evaluate.inception_weights: no Inception weights and offline; supply {INCEPTION_FILE} "
-                f"(torch-fidelity's FID InceptionV3) as evaluate.inception_weights or put it in {hub}"
+                "evaluate.inception_weights: no Inception weights and offline; supply "
+                f"{INCEPTION_FILE} "
+                "(torch-fidelity's FID InceptionV3) as evaluate.inception_weights or put it in "
+                f"{hub}"
             )
         digest = sha256_file(source) if source is not None else None
         if digest is not None and not digest.startswith(expected_sha256):
             raise ConfigError(
-                f"evaluate.inception_weights: {source} has sha256 {digest[:16]}..., not the expected "
+                f"evaluate.inception_weights: {source} has sha256 {digest[:16]}..., not the "
+                "expected "
                 f"{expected_sha256} (evaluate.inception_sha256): not the FID Inception weights; "
                 "scores in another network's space are not FID"
             )
@@ -158,7 +162,8 @@ class InceptionFeatures(FeatureExtractor):
                 )
             except OSError as exc:  # the library's download failed
                 raise ConfigError(
-                    f"evaluate.inception_weights: cannot download the Inception weights ({exc}); supply "
+                    "evaluate.inception_weights: cannot download the Inception weights "
+                    f"({exc}); supply "
                     f"{INCEPTION_FILE} as evaluate.inception_weights or put it in {hub}"
                 ) from None
         self.net = net.to(device)

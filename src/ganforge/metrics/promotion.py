@@ -183,19 +183,23 @@ def decide(new: Candidate, champion: Candidate | None) -> Decision:
         return Decision(
             False,
             f"trained on other data than champion v{champion.version} (data sha256 "
-            f"{str(new.data_sha256)[:12]} vs {str(champion.data_sha256)[:12]}): FIDs on different data "
+            f"{str(new.data_sha256)[:12]} vs {str(champion.data_sha256)[:12]}): FIDs on "
+            "different data "
             "are not compared; give each dataset its own prepare.name",
         )
     if new.fid_ci95[1] < champion.fid_ci95[0]:
         return Decision(
             True,
-            f"FID {new.fid:.4g} [{new.fid_ci95[0]:.4g}, {new.fid_ci95[1]:.4g}] beats champion v{champion.version} "
-            f"{champion.fid:.4g} [{champion.fid_ci95[0]:.4g}, {champion.fid_ci95[1]:.4g}] beyond both intervals",
+            f"FID {new.fid:.4g} [{new.fid_ci95[0]:.4g}, {new.fid_ci95[1]:.4g}] beats champion "
+            f"v{champion.version} "
+            f"{champion.fid:.4g} [{champion.fid_ci95[0]:.4g}, {champion.fid_ci95[1]:.4g}] "
+            "beyond both intervals",
         )
     return Decision(
         False,
         f"FID {new.fid:.4g} [{new.fid_ci95[0]:.4g}, {new.fid_ci95[1]:.4g}] does not beat champion "
-        f"v{champion.version} {champion.fid:.4g} [{champion.fid_ci95[0]:.4g}, {champion.fid_ci95[1]:.4g}] "
+        f"v{champion.version} {champion.fid:.4g} [{champion.fid_ci95[0]:.4g}, "
+        f"{champion.fid_ci95[1]:.4g}] "
         "beyond their 95% intervals",
     )
 

@@ -130,8 +130,10 @@ def mode_collapse(
         "kl_class": kl,
         "mode_collapse": bool(collapsed),
         "mode_collapse_rule": (
-            f"mode_collapse = class_coverage < 1 (some class generated at under {coverage_threshold:g}x "
-            f"its real share) or kl_class = KL(real || generated class histogram) > {kl_threshold:g}"
+            "mode_collapse = class_coverage < 1 (some class generated at under "
+            f"{coverage_threshold:g}x "
+            "its real share) or kl_class = KL(real || generated class histogram) > "
+            f"{kl_threshold:g}"
         ),
     }
 
@@ -166,3 +168,8 @@ def precision_recall(real: Tensor, fake: Tensor, k: int) -> tuple[float, float]:
     precision = _inside(fake, real, _kth_radius(real, k)).float().mean()
     recall = _inside(real, fake, _kth_radius(fake, k)).float().mean()
     return float(precision), float(recall)
+
+
+def rounded(x: float | None, nd: int = 5) -> float | None:
+    """``x`` rounded to ``nd`` places for the metrics files; None when missing or not finite."""
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)

@@ -22,7 +22,8 @@ from ganforge.models.base import BCEVariant, init_dcgan_weights
 
 
 def conv_plan(image_size: int) -> tuple[int, int]:
-    """(base side, number of stride-2 layers): 16 -> (4, 2), 28 -> (7, 2), 32 -> (4, 3), 64 -> (4, 4)."""
+    """(base side, number of stride-2 layers):
+    16 -> (4, 2), 28 -> (7, 2), 32 -> (4, 3), 64 -> (4, 4)."""
     base = 7 if image_size % 7 == 0 else 4
     n_up = int(math.log2(image_size // base))
     if base * 2**n_up != image_size or n_up < 1:

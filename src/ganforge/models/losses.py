@@ -2,8 +2,8 @@
 
 All take and return tensors; none touches a model except the two penalties, which
 differentiate through the critic. Known values (tested):
-``d_loss_bce(0, 0) = 2 ln 2``, ``g_loss_nonsaturating(0) = ln 2``, ``d_loss_hinge(0, 0) = 2``; a linear critic
-``f(x) = w.x`` has gradient ``w`` everywhere, so its penalty is ``(|w| - 1)^2``.
+``d_loss_bce(0, 0) = 2 ln 2``, ``g_loss_nonsaturating(0) = ln 2``, ``d_loss_hinge(0, 0) = 2``;
+a linear critic ``f(x) = w.x`` has gradient ``w`` everywhere, so its penalty is ``(|w| - 1)^2``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def gradient_penalty(
     fake: Tensor,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """WGAN-GP penalty E[(||grad_x f(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani et al. 2017).
+    """WGAN-GP penalty E[(||grad_x f(x_hat)||_2 - 1)^2] on random interpolates
+    (Gulrajani et al. 2017).
 
     real, fake: (N, ...) same shape. ``critic`` maps (N, ...) -> (N,). Computed in fp32.
     """
@@ -73,7 +74,8 @@ def r1_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor) -> Tenso
 
 
 def d_loss_hinge(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
-    """Hinge discriminator loss E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))] (Lim & Ye 2017; SNGAN)."""
+    """Hinge discriminator loss E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]
+    (Lim & Ye 2017; SNGAN)."""
     return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
 
 

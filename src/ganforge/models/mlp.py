@@ -20,11 +20,17 @@ class MLPGenerator(nn.Module):
         self.shape = (channels, image_size, image_size)
         w = g_width
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, 4 * w), nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(4 * w, 8 * w), nn.BatchNorm1d(8 * w), nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(8 * w, 16 * w), nn.BatchNorm1d(16 * w), nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(16 * w, channels * image_size * image_size), nn.Tanh(),
-        )  # fmt: skip
+            nn.Linear(latent_dim, 4 * w),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(4 * w, 8 * w),
+            nn.BatchNorm1d(8 * w),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(8 * w, 16 * w),
+            nn.BatchNorm1d(16 * w),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(16 * w, channels * image_size * image_size),
+            nn.Tanh(),
+        )
         init_dcgan_weights(self)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -37,11 +43,14 @@ class MLPDiscriminator(nn.Module):
         w = d_width
         self.net = nn.Sequential(
             nn.Flatten(),  # (N, C*H*W)
-            nn.Linear(channels * image_size * image_size, 16 * w), nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(16 * w, 8 * w), nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(8 * w, 4 * w), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(channels * image_size * image_size, 16 * w),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(16 * w, 8 * w),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(8 * w, 4 * w),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(4 * w, 1),
-        )  # fmt: skip
+        )
         init_dcgan_weights(self)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -38,14 +38,17 @@ Protocol (every number in ``eval.json`` comes with it under ``protocol``):
    overall and per class.
 
 The metric functions are ``ganforge.metrics.scores``; the feature spaces
-``ganforge.metrics.features``. Reports: ``samples.png``, ``interpolation.png`` (slerp between latent pairs) and, for
-conditional models, ``per_class.png`` (one row per class).
+``ganforge.metrics.features``. Reports (``core.grids.write_reports``): ``samples.png``,
+``interpolation.png`` (slerp between latent pairs) and, for conditional models,
+``per_class.png`` (one row per class).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +61,41 @@ from ganforge.core import fastpath
 from ganforge.core.dataset import dataset_name, load_split
 from ganforge.core.device import resolve_device, to_unit_range
 from ganforge.core.files import atomic_dir, claim_dir, write_metrics
-from ganforge.core.grids import fixed_grid_inputs, save_grid, slerp
+from ganforge.core.grids import write_reports
 from ganforge.errors import GanforgeError
 from ganforge.metrics.controls import FeatureSpaceError, check_controls, score_controls
 from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
 from ganforge.metrics.headline import EVAL_NAMES
-from ganforge.metrics.scores import (
-    fid,
-    fid_bootstrap,
-    inception_score,
-    kid,
-    precision_recall,
+from ganforge.metrics.scores import fid
+from ganforge.metrics.verdicts import (
+    class_verdict,
+    distance_scores,
+    precision_recall_by_class,
+    recall_verdict,
 )
-from ganforge.metrics.verdicts import class_verdict, recall_verdict
 from ganforge.models import load_generator
 
 log = logging.getLogger(__name__)
+
+
+class Timer:
+    """``with timer("step_s"):`` times a step (CUDA work included: it synchronises at the
+    end); ``seconds()`` gives every step and the total, rounded, for ``timing_s``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.start, self.steps = device, time.perf_counter(), {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.steps[name] = time.perf_counter() - t0
+
+    def seconds(self) -> dict[str, float]:
+        total = {"total_s": time.perf_counter() - self.start}
+        return {k: round(v, 3) for k, v in {**self.steps, **total}.items()}
 
 
 class EvaluationError(GanforgeError):
@@ -101,10 +123,6 @@ def generate(
     return torch.cat(out)
 
 
-def _round(x: float | None, nd: int = 5) -> float | None:
-    return None if x is None or not np.isfinite(x) else round(float(x), nd)
-
-
 def _load_inputs(ep: EvaluateParams, data_dir, generator_path, featurenet_path, device):
     """(real split, generator, its metadata, feature extractor), all checked against the data."""
     real_split = load_split(data_dir, ep.real_split)
@@ -122,7 +140,8 @@ def _load_inputs(ep: EvaluateParams, data_dir, generator_path, featurenet_path, 
         log.info("feature network on %s: %s", device, fast.describe())
         if extractor.meta["data_sha256"] != data_sha:
             raise EvaluationError(
-                f"{featurenet_path}: trained on other data than {data_dir}; rerun `ganforge featurenet`"
+                f"{featurenet_path}: trained on other data than {data_dir}; rerun `ganforge "
+                "featurenet`"
             )
     else:
         extractor = InceptionFeatures(
@@ -141,43 +160,6 @@ def _featurise(extractor, real_split, fake_images, n_real: int, rng_pool, device
     real_f, _ = extractor(to_unit_range(real_split.images[used], device))
     fake_f, fake_logits = extractor(fake_images)
     return m, used, real_f.cpu(), fake_f.cpu(), fake_logits.cpu()
-
-
-def _scores(
-    ep: EvaluateParams, real_pool: Tensor, n_real: int, fake_f: Tensor, fake_logits, m: int
-):  # fake_logits None: the feature space has no meaningful logits (no IS)
-    """Steps 3-5: FID of the first n_real real features with its interval, the floor on two
-    disjoint halves of m, the model's FID at m, KID and IS -> (scores, the floor unrounded)."""
-    real_f, half_a, half_b = real_pool[:n_real], real_pool[:m], real_pool[m : 2 * m]
-    fid_value = fid(real_f, fake_f)
-    lo, hi = fid_bootstrap(real_f, fake_f, ep.bootstrap, ep.seed, fid_value)
-    kid_mean, kid_std = kid(real_f, fake_f, ep.kid_subsets, ep.kid_subset_size, ep.seed)
-    is_mean, is_std = (
-        inception_score(fake_logits, ep.is_splits, ep.seed)
-        if fake_logits is not None
-        else (None, None)
-    )
-    floor = fid(half_a, half_b) if m >= 2 else float("nan")
-    at_floor = fid(half_a, fake_f[:m]) if m >= 2 else float("nan")
-    # at or under the floor, or KID's interval below zero: this space cannot tell them apart
-    separable = not (at_floor <= floor or kid_mean + 1.96 * kid_std < 0)
-    return {
-        "fid": _round(fid_value, 4),
-        "fid_ci95": [_round(lo, 4), _round(hi, 4)],
-        "fid_ci95_low": _round(lo, 4),  # the same interval as two scalars: DVC tables show no lists
-        "fid_ci95_high": _round(hi, 4),
-        "fid_floor": _round(floor, 4),
-        "fid_at_floor_samples": _round(at_floor, 4),
-        "separable": separable,
-        "separable_rule": (
-            "separable = fid_at_floor_samples > fid_floor and KID's 95% interval not below 0; "
-            "false: feature space cannot separate these sets (not a good-model reading)"
-        ),
-        "kid_mean": _round(kid_mean, 6),
-        "kid_std": _round(kid_std, 6),
-        "is_mean": _round(is_mean, 4),
-        "is_std": _round(is_std, 4),
-    }, floor
 
 
 def _controls(ep, extractor, real_split, used, real_pool: Tensor, m: int, floor: float, device):
@@ -204,23 +186,6 @@ def _controls(ep, extractor, real_split, used, real_pool: Tensor, m: int, floor:
     except FeatureSpaceError as exc:
         raise EvaluationError(f"{space}: {exc}") from None
     return {"control_samples": nc, **{k: float(f"{v:.5g}") for k, v in scores.items()}}
-
-
-def _precision_recall(ep, manifest, real_f, fake_f, real_labels, fake_pred, n_pr: int):
-    """Step 7: k-NN precision/recall overall and, with class predictions, per class."""
-    precision, recall = precision_recall(real_f[:n_pr], fake_f[:n_pr], ep.pr_k)
-    per_class = {}
-    if fake_pred is not None:
-        for c, name in enumerate(manifest["class_names"]):
-            r_c = real_f[:n_pr][real_labels[:n_pr] == c]
-            f_c = fake_f[:n_pr][fake_pred[:n_pr] == c]
-            p_c, rc_c = precision_recall(r_c, f_c, ep.pr_k)
-            per_class[name] = {
-                "precision": _round(p_c),
-                "recall": _round(rc_c),
-                "generated": len(f_c),
-            }
-    return {"precision": _round(precision), "recall": _round(recall), "per_class": per_class}
 
 
 def _protocol(
@@ -261,39 +226,15 @@ def _warnings(ep: EvaluateParams, n: int) -> list[str]:
     if n < ep.stable_samples:
         notes.append(
             f"FID from {n} images per side is biased upward and less stable "
-            f"(evaluate.stable_samples = {ep.stable_samples}); promotion still compares FID, by its 95% "
-            "interval (which widens with few images, so a small-sample candidate wins only by a clear "
+            f"(evaluate.stable_samples = {ep.stable_samples}); promotion still compares FID, by "
+            "its 95% "
+            "interval (which widens with few images, so a small-sample candidate wins only by a "
+            "clear "
             "margin) and only between models evaluated on the same data; read it against fid_floor"
         )
     for note in notes:
         log.warning(note)
     return notes
-
-
-@torch.no_grad()
-def write_reports(
-    G: nn.Module, gmeta: dict, num_classes: int, ep: EvaluateParams, out: Path, device
-):
-    """samples.png, interpolation.png (slerp between latent pairs), per_class.png (conditional)."""
-    latent, conditional = gmeta["generator_kwargs"]["latent_dim"], gmeta["conditional"]
-
-    def run(z: Tensor, y: Tensor | None) -> Tensor:
-        return G(z.to(device), y.to(device) if y is not None else None)
-
-    z, y, nrow = fixed_grid_inputs(64, latent, num_classes, conditional, ep.seed)
-    save_grid(run(z, y), out / "samples.png", nrow)
-    pairs, steps = 6, ep.interpolation_steps
-    gz = torch.Generator().manual_seed(ep.seed + 11)
-    a, b = torch.randn(pairs, latent, generator=gz), torch.randn(pairs, latent, generator=gz)
-    path = slerp(a, b, torch.linspace(0, 1, steps)).reshape(-1, latent)
-    y_int = (torch.arange(pairs) % num_classes).repeat_interleave(steps) if conditional else None
-    save_grid(run(path, y_int), out / "interpolation.png", steps)
-    if conditional:
-        per_row = 10
-        yc = torch.arange(num_classes).repeat_interleave(per_row)
-        save_grid(
-            run(torch.randn(len(yc), latent, generator=gz), yc), out / "per_class.png", per_row
-        )
 
 
 def evaluate(
@@ -309,13 +250,12 @@ def evaluate(
     ep: EvaluateParams = params.evaluate
     claim_dir(reports_dir, "evaluate")  # before any work: never replace a user's folder
     device = resolve_device(ep.device, "evaluate.device")
-    timings: dict[str, float] = {}
-    t_all = t0 = time.perf_counter()
-    real_split, G, gmeta, extractor = _load_inputs(
-        ep, data_dir, generator_path, featurenet_path, device
-    )
+    timer = Timer(device)
+    with timer("load_s"):
+        real_split, G, gmeta, extractor = _load_inputs(
+            ep, data_dir, generator_path, featurenet_path, device
+        )
     manifest: dict[str, Any] = real_split.manifest
-    timings["load_s"] = time.perf_counter() - t0
 
     # separate streams: the real-pool order (and so the floor) must not depend on the generator
     rng_pool, rng_labels = np.random.default_rng(ep.seed), np.random.default_rng(ep.seed + 5)
@@ -325,52 +265,46 @@ def evaluate(
         requested = torch.as_tensor(rng_labels.choice(real_split.labels, size=n_fake, replace=True))
 
     # 1-2: generate, then features for both sets, once
-    t0 = time.perf_counter()
     latent = gmeta["generator_kwargs"]["latent_dim"]
-    fake_images = generate(G, n_fake, latent, requested, ep.batch_size, device, ep.seed)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    timings["generate_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    m, used, real_f_used, fake_f, fake_logits = _featurise(
-        extractor, real_split, fake_images, n_real, rng_pool, device
-    )
-    timings["features_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    real_f = real_f_used[:n_real]
+    with timer("generate_s"):
+        fake_images = generate(G, n_fake, latent, requested, ep.batch_size, device, ep.seed)
+    with timer("features_s"):
+        m, used, real_pool, fake_f, fake_logits = _featurise(
+            extractor, real_split, fake_images, n_real, rng_pool, device
+        )
+    real_f = real_pool[:n_real]
     real_labels = torch.from_numpy(real_split.labels[used[:n_real]])
-    logits = fake_logits if extractor.logits_meaningful else None
-    metrics, floor = _scores(ep, real_f_used, n_real, fake_f, logits, m)
-    timings["fid_kid_is_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    controls = _controls(ep, extractor, real_split, used, real_f_used, m, floor, device)
-    timings["controls_s"] = time.perf_counter() - t0
+    # 3-5: FID with its interval and floor, KID, IS; the negative controls
+    with timer("fid_kid_is_s"):
+        logits = fake_logits if extractor.logits_meaningful else None
+        metrics, floor = distance_scores(ep, real_pool, n_real, fake_f, logits, m)
+    with timer("controls_s"):
+        controls = _controls(ep, extractor, real_split, used, real_pool, m, floor, device)
 
     # 6-7: precision/recall, then collapse on the basis the feature space supports
-    t0 = time.perf_counter()
-    fake_pred = fake_logits.argmax(1) if extractor.classes else None
-    n_pr = min(ep.pr_samples, n_real, n_fake)
-    metrics.update(_precision_recall(ep, manifest, real_f, fake_f, real_labels, fake_pred, n_pr))
-    if fake_pred is not None:
-        accuracy = extractor.class_accuracy
-        metrics.update(class_verdict(ep, manifest, accuracy, real_labels, fake_pred, requested))
-    else:
-        space = extractor.record.get("featurenet_objective", extractor.name)
-        metrics.update(recall_verdict(ep, space, metrics["recall"]))
+    with timer("collapse_pr_s"):
+        fake_pred = fake_logits.argmax(1) if extractor.classes else None
+        n_pr = min(ep.pr_samples, n_real, n_fake)
+        names = manifest["class_names"]
+        metrics.update(
+            precision_recall_by_class(ep, names, real_f, fake_f, real_labels, fake_pred, n_pr)
+        )
+        if fake_pred is not None:
+            accuracy = extractor.class_accuracy
+            metrics.update(class_verdict(ep, manifest, accuracy, real_labels, fake_pred, requested))
+        else:
+            space = extractor.record.get("featurenet_objective", extractor.name)
+            metrics.update(recall_verdict(ep, space, metrics["recall"]))
     metrics["negative_controls"] = controls
-    timings["collapse_pr_s"] = time.perf_counter() - t0
     metrics["warnings"] = _warnings(ep, min(n_real, n_fake))
 
-    t0 = time.perf_counter()
-    with atomic_dir(reports_dir, owner="evaluate") as tmp:
-        write_reports(G, gmeta, manifest["num_classes"], ep, tmp, device)
-    timings["reports_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_all
+    with timer("reports_s"), atomic_dir(reports_dir, owner="evaluate") as tmp:
+        conditional, k = gmeta["conditional"], manifest["num_classes"]
+        write_reports(G, latent, k, conditional, ep.seed, ep.interpolation_steps, tmp, device)
     metrics["protocol"] = _protocol(
         ep, extractor, manifest, gmeta, generator_path, n_fake, n_real, m, device
     )
-    metrics["timing_s"] = {k: round(v, 3) for k, v in timings.items()}
+    metrics["timing_s"] = timer.seconds()
     write_metrics(metrics_path, metrics, EVAL_NAMES)  # the rest: eval_details.json
     return metrics

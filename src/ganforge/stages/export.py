@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ganforge.config import Params
+from ganforge.core import onnxmeta
 from ganforge.core.files import OutputError, atomic_path, sha256_bytes, write_metrics
 from ganforge.core.runlog import RunLog, Untracked
 from ganforge.errors import GanforgeError
@@ -62,9 +63,15 @@ def _params_hash(params: dict[str, Any]) -> str:
 
 def _export(module: nn.Module, args: tuple, dyn: dict, names: list[str]):
     return torch.onnx.export(
-        module, args, dynamo=True, dynamic_shapes=dyn, external_data=False,
-        input_names=names, output_names=["images"], verbose=False,
-    )  # fmt: skip
+        module,
+        args,
+        dynamo=True,
+        dynamic_shapes=dyn,
+        external_data=False,
+        input_names=names,
+        output_names=["images"],
+        verbose=False,
+    )
 
 
 def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None):
@@ -99,18 +106,18 @@ def to_onnx(G: nn.Module, meta: dict[str, Any], run_id: str | None):
     model = program.model_proto
     data = meta["data"]
     props = {
-        "ganforge.family": meta["family"],
-        "ganforge.latent_dim": str(latent),
-        "ganforge.conditional": "true" if conditional else "false",
-        "ganforge.num_classes": str(data["num_classes"]),
-        "ganforge.class_names": json.dumps(data["class_names"]),
-        "ganforge.image_size": str(data["image_size"]),
-        "ganforge.channels": str(data["channels"]),
-        "ganforge.output_range": "[-1, 1] float32 (N, C, H, W)",
-        "ganforge.training_run_id": run_id or "",
-        "ganforge.params_sha256": _params_hash(meta["params"]),
-        "ganforge.generator_sha256": meta["sha256"],
-        "ganforge.step": str(meta["step"]),
+        onnxmeta.FAMILY: meta["family"],
+        onnxmeta.LATENT_DIM: str(latent),
+        onnxmeta.CONDITIONAL: "true" if conditional else "false",
+        onnxmeta.NUM_CLASSES: str(data["num_classes"]),
+        onnxmeta.CLASS_NAMES: json.dumps(data["class_names"]),
+        onnxmeta.IMAGE_SIZE: str(data["image_size"]),
+        onnxmeta.CHANNELS: str(data["channels"]),
+        onnxmeta.OUTPUT_RANGE: "[-1, 1] float32 (N, C, H, W)",
+        onnxmeta.TRAINING_RUN_ID: run_id or "",
+        onnxmeta.PARAMS_SHA256: _params_hash(meta["params"]),
+        onnxmeta.GENERATOR_SHA256: meta["sha256"],
+        onnxmeta.STEP: str(meta["step"]),
     }
     del model.metadata_props[:]
     for k, v in props.items():
@@ -168,7 +175,7 @@ def _replaceable(path: Path) -> None:
         props = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception:  # not a file, unreadable, not ONNX: all "not ours"
         props = set()
-    if path.is_symlink() or "ganforge.generator_sha256" not in props:
+    if path.is_symlink() or onnxmeta.GENERATOR_SHA256 not in props:
         raise OutputError(
             f"{path}: exists and is not an ONNX generator written by `ganforge export`; "
             "choose another --out or move it away yourself"
@@ -199,7 +206,8 @@ def export(
     report = parity(blob, G, meta, ep.parity_batches, ep.parity_seed)
     if report["max_abs_diff"] > ep.parity_tolerance:
         raise ExportError(
-            f"parity: max |onnxruntime - torch| = {report['max_abs_diff']:.3e} > export.parity_tolerance "
+            f"parity: max |onnxruntime - torch| = {report['max_abs_diff']:.3e} > "
+            "export.parity_tolerance "
             f"{ep.parity_tolerance:g} (per batch: {report['per_batch']}); nothing written"
         )
     with atomic_path(out_path) as tmp:

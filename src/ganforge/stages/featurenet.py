@@ -130,8 +130,11 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
 
     torch.manual_seed(fp.seed)
     kwargs = {
-        "channels": manifest["channels"], "num_classes": k, "width": fp.width, "feature_dim": fp.feature_dim,
-    }  # fmt: skip
+        "channels": manifest["channels"],
+        "num_classes": k,
+        "width": fp.width,
+        "feature_dim": fp.feature_dim,
+    }
     net = FeatureNet(**kwargs).to(device)
     check = hold.images[:RETRIEVAL_IMAGES]
     aug = {"max_shift": fp.max_shift, "hflip": fp.hflip, "seed": fp.seed, "device": device}
@@ -141,10 +144,19 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
     log.info("%s network, %d steps on %s: %s", objective, steps, device, fast.describe())
     t0 = time.perf_counter()
     fit_featurenet(
-        net, train_split.images, train_split.labels, objective=objective, steps=steps,
-        batch_size=fp.batch_size, lr=fp.lr, max_shift=fp.max_shift, hflip=fp.hflip, seed=fp.seed, device=device,
+        net,
+        train_split.images,
+        train_split.labels,
+        objective=objective,
+        steps=steps,
+        batch_size=fp.batch_size,
+        lr=fp.lr,
+        max_shift=fp.max_shift,
+        hflip=fp.hflip,
+        seed=fp.seed,
+        device=device,
         fast=fast,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - t0
     names = manifest["class_names"]
     if objective != "contrastive":
@@ -168,12 +180,21 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
             else ""
         )
         raise FeatureNetError(
-            f"featurenet: {what} {score:.4f} is below featurenet.min_accuracy {gate:.2f}{beyond} on {data_dir} "
-            f"({objective}, {steps} steps); train longer (featurenet.steps) or widen it (featurenet.width)"
+            f"featurenet: {what} {score:.4f} is below featurenet.min_accuracy "
+            f"{gate:.2f}{beyond} on {data_dir} "
+            f"({objective}, {steps} steps); train longer (featurenet.steps) or widen it "
+            "(featurenet.width)"
         )
     if score < gate:
-        log.warning("%s %.4f is below %.2f but within its sampling error on %d held-out images "
-                    "(95%% upper bound %.4f): accepted", what, score, gate, n_checked, upper)  # fmt: skip
+        log.warning(
+            "%s %.4f is below %.2f but within its sampling error on %d held-out images "
+            "(95%% upper bound %.4f): accepted",
+            what,
+            score,
+            gate,
+            n_checked,
+            upper,
+        )
     record = {
         "image_size": manifest["image_size"],
         "class_names": names,

@@ -113,10 +113,17 @@ def _fid_probe(featurenet: str | Path | None, split: PreparedSplit, trainer: Tra
     # (else the probe would change the run, and a resumed run would differ from a straight one)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return FidProbe.create(
-            Path(featurenet), split.images, split.labels, split.manifest["content_sha256"],
-            n=tp.fid_samples, latent_dim=tp.latent_dim, conditional=trainer.conditional,
-            seed=tp.seed, device=device, fast=trainer.fast,
-        )  # fmt: skip
+            Path(featurenet),
+            split.images,
+            split.labels,
+            split.manifest["content_sha256"],
+            n=tp.fid_samples,
+            latent_dim=tp.latent_dim,
+            conditional=trainer.conditional,
+            seed=tp.seed,
+            device=device,
+            fast=trainer.fast,
+        )
 
 
 def _follow(trainer: Trainer, run_dir: Path, resume: bool, device) -> dict[str, Any]:
@@ -137,7 +144,12 @@ def _follow(trainer: Trainer, run_dir: Path, resume: bool, device) -> dict[str, 
 def _save_checkpoint(trainer: Trainer, best: KeepBest, history, run_dir: Path, data_sha256):
     cols = list(history[0]) if history else []
     rows = torch.tensor([[r[c] for c in cols] for r in history], dtype=torch.float64)
-    extra = {"data_sha256": data_sha256, "history_cols": cols, "history": rows, "best": best.state_dict()}  # fmt: skip
+    extra = {
+        "data_sha256": data_sha256,
+        "history_cols": cols,
+        "history": rows,
+        "best": best.state_dict(),
+    }
     save_state({**trainer.state_dict(), **extra}, run_dir / "checkpoints")
     write_csv(run_dir / "history.csv", history)
 

@@ -101,8 +101,14 @@ class Registry:
         mlflow = _mlflow()
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
-        mv = self._call(c.create_model_version, name, source, run_id=tags.get("run_id"),
-                        tags=str_tags, model_id=model_id)  # fmt: skip
+        mv = self._call(
+            c.create_model_version,
+            name,
+            source,
+            run_id=tags.get("run_id"),
+            tags=str_tags,
+            model_id=model_id,
+        )
         return str(mv.version), {}
 
     def champion(self, name: str) -> tuple[str, dict[str, str]] | None:
@@ -142,13 +148,17 @@ class Registry:
         """The decision where the registry UI shows it: the version's description."""
         m = entry["metrics"]
         head = (
-            f"PROMOTED to champion (was v{entry['from_version']})" if entry["promoted"] and entry["from_version"]
-            else "PROMOTED to champion (the first)" if entry["promoted"]
+            f"PROMOTED to champion (was v{entry['from_version']})"
+            if entry["promoted"] and entry["from_version"]
+            else "PROMOTED to champion (the first)"
+            if entry["promoted"]
             else f"challenger; champion stays v{entry['to_version']}"
-        )  # fmt: skip
+        )
         text = (
-            f"{head}. Rule: parity passed, FID above the real-data floor (separable), a mode-collapse "
-            f"verdict and no collapse, FID beats the champion's beyond both 95% intervals. This version: FID {m['fid']} {m['fid_ci95']}, mode collapse {m['mode_collapse']}. "
+            f"{head}. Rule: parity passed, FID above the real-data floor (separable), a "
+            "mode-collapse "
+            "verdict and no collapse, FID beats the champion's beyond both 95% intervals. This "
+            f"version: FID {m['fid']} {m['fid_ci95']}, mode collapse {m['mode_collapse']}. "
             f"Reason: {entry['reason']}. Decided {entry['time']} for run {entry['run_id']}."
         )
         self._call(self.client.update_model_version, name, version, description=text[:4000])
@@ -165,13 +175,16 @@ class Registry:
         """Audit entries of one registered model (or every ``<prefix>-*`` one), oldest first."""
         c = self.client
         models = (
-            [self._call(c.get_registered_model, name)] if name
+            [self._call(c.get_registered_model, name)]
+            if name
             else self._call(c.search_registered_models, filter_string=f"name LIKE '{prefix}-%'")
-        )  # fmt: skip
+        )
         entries = [
             {"registered_model": rm.name, "key": key, **json.loads(value)}
-            for rm in models for key, value in rm.tags.items() if key.startswith("audit.")
-        ]  # fmt: skip
+            for rm in models
+            for key, value in rm.tags.items()
+            if key.startswith("audit.")
+        ]
         return sorted(entries, key=lambda e: int(e["key"].split(".")[1]))
 
 
@@ -227,9 +240,10 @@ class ServerLock:
             tags = {"holder": self.holder, "expires": f"{time.time() + self.LEASE_S:.0f}"}
             try:
                 client.create_registered_model(
-                    self.name, tags=tags,
+                    self.name,
+                    tags=tags,
                     description="held while ganforge promote decides; deleted when it is done",
-                )  # fmt: skip
+                )
                 return self
             except MlflowException as exc:
                 # taken; or taken and released at once: MLflow's SQL store answers a duplicate

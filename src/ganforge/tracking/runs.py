@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ganforge.core import onnxmeta
 from ganforge.core.dataset import dataset_name
 from ganforge.core.runlog import RUN_FILE, RunLog, Untracked
 from ganforge.errors import GanforgeError
@@ -130,10 +131,12 @@ class MlflowRun:
         (this run is deleted), so no orphan run is left and provenance does not move."""
         tag = "ganforge.generator_sha256"
         found = self._call(
-            "search runs", self.client.search_runs, [self.experiment_id],
+            "search runs",
+            self.client.search_runs,
+            [self.experiment_id],
             filter_string=f"tags.`{tag}` = '{generator_sha256}' and attributes.status = 'FINISHED'",
             max_results=5,
-        )  # fmt: skip
+        )
         earlier = next((r for r in found if r.info.run_id != self.run_id), None)
         if earlier is None:
             self.set_tags({tag: generator_sha256})
@@ -161,15 +164,16 @@ class MlflowRun:
 
 def _onnx_signature(onnx_path: str | Path):
     """(signature, input example) of a ganforge ONNX generator, from one run of it: inputs
-    ``z`` float32 (-1, latent) [+ ``labels`` int64 (-1,)], output ``images`` float32 (-1, C, H, W)."""
+    ``z`` float32 (-1, latent) [+ ``labels`` int64 (-1,)], output ``images`` float32
+    (-1, C, H, W)."""
     import numpy as np
     import onnxruntime as ort
     from mlflow.models import infer_signature
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
-    example = {"z": np.zeros((2, int(meta["ganforge.latent_dim"])), np.float32)}
-    if meta.get("ganforge.conditional") == "true":
+    example = {"z": np.zeros((2, int(meta[onnxmeta.LATENT_DIM])), np.float32)}
+    if meta.get(onnxmeta.CONDITIONAL) == "true":
         example["labels"] = np.zeros(2, np.int64)
     images = session.run(["images"], example)[0]
     return infer_signature(example, {"images": images}), example
@@ -256,9 +260,10 @@ def log_evaluation(run: RunLog, metrics: dict[str, Any], metrics_path, reports_d
     if isinstance(run, Untracked):
         return
     numbers = {
-        k: v for k, v in metrics.items()
+        k: v
+        for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
-    }  # fmt: skip
+    }
     for flag in ("mode_collapse", "separable"):  # booleans as 0/1 metrics (null: not assessed)
         if metrics.get(flag) is not None:
             numbers[flag] = float(metrics[flag])

@@ -51,7 +51,8 @@ def existing_store(uri: str) -> str:
     from the wrong directory names the URI instead of creating an empty ``mlflow.db`` there."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise TrackingError(
-            f"no MLflow store at {uri.removeprefix('sqlite:///')} (tracking URI {uri}); run from the "
+            f"no MLflow store at {uri.removeprefix('sqlite:///')} (tracking URI {uri}); run "
+            "from the "
             "project directory or set MLFLOW_TRACKING_URI to its mlflow.db or tracking server"
         )
     return uri
@@ -73,7 +74,8 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it or unset MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it or unset "
+            "MLFLOW_TRACKING_URI"
         ) from None
 
 
