@@ -176,7 +176,7 @@ class EvaluateParams(_Section):
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @model_validator(mode="after")
-    def _inception_needs_weights_or_network(self) -> EvaluateParams:
+    def _inception_weights_only_for_inception(self) -> EvaluateParams:
         if self.inception_weights and self.features != "inception":
             raise ValueError(
                 "evaluate.inception_weights: only used with evaluate.features=inception"

@@ -82,7 +82,9 @@ class Candidate:
             parity_passed=diff <= _need(e, export_path, "parity_tolerance", float),
             data_sha256=_need(m, eval_path, "protocol.data_sha256", str),
             separable=m.get("separable") is not False,
-            collapse_basis=str(basis or "class histogram")[:400],
+            collapse_basis=str(
+                basis or ("not assessed" if collapse is None else "class histogram")
+            )[:400],
             generator_sha256=gen,
             onnx_sha256=_need(e, export_path, "onnx_sha256", str),
             run_id=run_id,
