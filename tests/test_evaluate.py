@@ -144,6 +144,17 @@ def test_evaluate_end_to_end(tmp_path, digits_dir, digits_featurenet, digits_gen
         tmp_path / "rep/interpolation.png"
     ).is_file()
     assert set(m["per_class"]) == {str(i) for i in range(10)}
+    # the judges in pixel space, against the held-out split (180 images per side)
+    assert m["c2st_ci95"][0] <= m["c2st_accuracy"] <= m["c2st_ci95"][1]
+    assert m["c2st_accuracy"] > 0.9 and not m["c2st_indistinguishable"]  # 200 tiny steps
+    assert m["c2st_protocol"]["n_per_side"] == 180 and m["c2st_protocol"]["real"] == "holdout split"
+    assert m["copying"] is False and m["copying_z_pixel"] > 0  # blurry, far from every digit
+    assert 0 <= m["coverage"] <= 1 and m["density"] >= 0
+    assert m["fid_over_floor"] == pytest.approx(
+        m["fid_at_floor_samples"] / m["fid_floor"], rel=1e-2
+    )
+    assert proto["real_split_by_score"]["c2st"].startswith("holdout")
+    assert (tmp_path / "rep/copying.png").is_file()
     # same inputs, same numbers
     again = evaluate(
         params,
@@ -153,9 +164,8 @@ def test_evaluate_end_to_end(tmp_path, digits_dir, digits_featurenet, digits_gen
         tmp_path / "e2.json",
         tmp_path / "r2",
     )
-    assert {k: again[k] for k in ("fid", "fid_ci95", "kid_mean", "precision")} == {
-        k: m[k] for k in ("fid", "fid_ci95", "kid_mean", "precision")
-    }
+    same = ("fid", "fid_ci95", "kid_mean", "precision", "c2st_accuracy", "copying_z_pixel")
+    assert {k: again[k] for k in same} == {k: m[k] for k in same}
 
 
 def test_conditional_reports(tmp_path, digits_dir, digits_featurenet):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("ganforge.stages.train")
 
@@ -62,3 +64,25 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class Timer:
+    """``with timer("step_s"):`` times a step (CUDA work included: it synchronises at the
+    end); ``seconds()`` gives every step and the total, rounded, for ``timing_s``."""
+
+    def __init__(self, device) -> None:  # a torch.device
+        self.device, self.start, self.steps = device, time.perf_counter(), {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        self.steps[name] = time.perf_counter() - t0
+
+    def seconds(self) -> dict[str, float]:
+        total = {"total_s": time.perf_counter() - self.start}
+        return {k: round(v, 3) for k, v in {**self.steps, **total}.items()}

@@ -26,6 +26,8 @@ EVAL: tuple[Headline, ...] = (
     Headline("fid_ci95_high", compared=True, recorded=True),
     Headline("fid_floor", printed=True, compared=True, recorded=True),
     Headline("fid_at_floor_samples", printed=True, compared=True, recorded=True),
+    # like for like: fid_at_floor_samples / fid_floor, both at the floor's sample sizes
+    Headline("fid_over_floor", printed=True, compared=True, recorded=True),
     Headline("separable", recorded=True),
     Headline("kid_mean", printed=True, compared=True, recorded=True),
     Headline("kid_std"),
@@ -37,6 +39,18 @@ EVAL: tuple[Headline, ...] = (
     Headline("kl_class"),
     Headline("mode_collapse", printed=True, compared=True, recorded=True),
     Headline("label_accuracy"),
+    Headline("density", printed=True, compared=True, recorded=True),
+    Headline("coverage", printed=True, compared=True, recorded=True),
+    # the classifier two-sample test on held-out real images: 0.5 = cannot tell them apart
+    Headline("c2st_accuracy", printed=True, compared=True, recorded=True),
+    Headline("c2st_ci95", printed=True),
+    Headline("c2st_ci95_low", recorded=True),
+    Headline("c2st_ci95_high", recorded=True),
+    Headline("c2st_null_accuracy", printed=True, compared=True, recorded=True),
+    Headline("c2st_indistinguishable", printed=True),
+    Headline("copying", printed=True, compared=True, recorded=True),
+    Headline("copying_z_pixel", recorded=True),
+    Headline("copying_z_feature", recorded=True),
 )
 EXPORT: tuple[Headline, ...] = (
     Headline("parity_max_abs_diff", compared=True, recorded=True),

@@ -41,6 +41,9 @@ class Candidate:
     # False: its FID is at or under the real-data floor in its feature space (no evidence)
     separable: bool = True
     collapse_basis: str = ""  # what the collapse verdict rests on (or why there is none)
+    # the classifier two-sample test's 95% interval (None: evaluated before it existed)
+    c2st_ci95: tuple[float, float] | None = None
+    copying: bool | None = None  # the data-copying test's verdict (None: not measured)
     generator_sha256: str = ""
     onnx_sha256: str = ""
     run_id: str = ""
@@ -82,6 +85,8 @@ class Candidate:
             parity_passed=diff <= _need(e, export_path, "parity_tolerance", float),
             data_sha256=_need(m, eval_path, "protocol.data_sha256", str),
             separable=m.get("separable") is not False,
+            c2st_ci95=_interval(m.get("c2st_ci95_low"), m.get("c2st_ci95_high")),
+            copying=m.get("copying") if isinstance(m.get("copying"), bool) else None,
             collapse_basis=str(
                 basis or ("not assessed" if collapse is None else "class histogram")
             )[:400],
@@ -106,6 +111,7 @@ class Candidate:
             fid_ci95_low=repr(self.fid_ci95[0]),
             fid_ci95_high=repr(self.fid_ci95[1]),
             separable=flag[self.separable],
+            copying=flag[self.copying],
             mode_collapse=flag[self.mode_collapse],
             mode_collapse_basis=self.collapse_basis,
             parity_passed=flag[self.parity_passed],
@@ -134,6 +140,8 @@ class Candidate:
             parity_passed=tags.get("parity_passed") == "true",
             data_sha256=tags.get("data_sha256"),
             separable=tags.get("separable", "true") != "false",  # versions before the check
+            c2st_ci95=_interval(tags.get("c2st_ci95_low"), tags.get("c2st_ci95_high")),
+            copying={"true": True, "false": False}.get(tags.get("copying", "")),
             collapse_basis=tags.get("mode_collapse_basis", ""),
             generator_sha256=tags.get("generator_sha256", ""),
             onnx_sha256=tags.get("onnx_sha256", ""),
@@ -143,7 +151,13 @@ class Candidate:
 
 
 # recorded headline numbers the candidate holds as typed fields (the rest go to ``scores``)
-TYPED = ("fid", "fid_ci95_low", "fid_ci95_high", "separable", "mode_collapse")
+TYPED = ("fid", "fid_ci95_low", "fid_ci95_high", "separable", "mode_collapse", "copying")
+
+
+def _interval(lo: Any, hi: Any) -> tuple[float, float] | None:
+    """Two finite numbers as an interval, else None."""
+    lo, hi = _number(lo), _number(hi)
+    return None if lo is None or hi is None else (lo, hi)
 
 
 def _number(value: Any) -> float | None:
@@ -177,6 +191,12 @@ def decide(new: Candidate, champion: Candidate | None) -> Decision:
         return Decision(False, "flagged for mode collapse")
     if new.mode_collapse is None:
         return Decision(False, f"no mode-collapse verdict ({new.collapse_basis or 'not assessed'})")
+    if new.copying:
+        return Decision(
+            False,
+            "flagged for copying its training images (data-copying test: its samples sit closer "
+            "to the training set than unseen real images do)",
+        )
     if champion is None:
         return Decision(True, "no champion yet")
     if new.version == champion.version:
@@ -186,8 +206,15 @@ def decide(new: Candidate, champion: Candidate | None) -> Decision:
             False,
             f"trained on other data than champion v{champion.version} (data sha256 "
             f"{str(new.data_sha256)[:12]} vs {str(champion.data_sha256)[:12]}): FIDs on "
-            "different data "
-            "are not compared; give each dataset its own prepare.name",
+            "different data are not compared; give each dataset its own prepare.name",
+        )
+    if new.c2st_ci95 and champion.c2st_ci95 and new.c2st_ci95[0] > champion.c2st_ci95[1]:
+        (lo, hi), (c_lo, c_hi) = new.c2st_ci95, champion.c2st_ci95
+        return Decision(
+            False,
+            f"the two-sample test tells it from real images more often than champion "
+            f"v{champion.version}, beyond both intervals (accuracy [{lo:.3f}, {hi:.3f}] vs "
+            f"[{c_lo:.3f}, {c_hi:.3f}])",
         )
     if new.fid_ci95[1] < champion.fid_ci95[0]:
         return Decision(

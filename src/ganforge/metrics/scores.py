@@ -173,3 +173,24 @@ def precision_recall(real: Tensor, fake: Tensor, k: int) -> tuple[float, float]:
 def rounded(x: float | None, nd: int = 5) -> float | None:
     """``x`` rounded to ``nd`` places for the metrics files; None when missing or not finite."""
     return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+def density_coverage(real: Tensor, fake: Tensor, k: int) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020) with k-NN balls around the real samples.
+
+    density: how many real balls a generated sample falls in, on average, over k (about 1
+    for a generator like the data, above 1 where it piles up on dense regions); coverage:
+    the share of real balls holding at least one generated sample (diversity that, unlike
+    recall, is not inflated by generated outliers).
+    """
+    if len(real) <= k or len(fake) < 1:
+        return float("nan"), float("nan")
+    real, fake = real.float(), fake.float()
+    radii = _kth_radius(real, k)  # (R,)
+    count = torch.zeros(len(real))
+    hits = 0.0
+    for i in range(0, len(fake), 2048):
+        inside = torch.cdist(fake[i : i + 2048], real) <= radii[None]  # (c, R)
+        hits += float(inside.sum())
+        count += inside.sum(0).cpu().float()
+    return hits / (k * len(fake)), float((count > 0).float().mean())

@@ -15,13 +15,16 @@ space can support:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ganforge.config import EvaluateParams
 from ganforge.metrics.scores import (
     class_histogram,
+    density_coverage,
     fid,
     fid_bootstrap,
     inception_score,
@@ -30,6 +33,9 @@ from ganforge.metrics.scores import (
     precision_recall,
     rounded,
 )
+from ganforge.metrics.twosample import c2st, copying_z, nearest_distances
+
+log = logging.getLogger("ganforge.stages.evaluate")
 
 
 def class_verdict(
@@ -39,9 +45,12 @@ def class_verdict(
     real_labels,
     fake_pred,
     requested,
+    recall: float | None = None,
 ) -> dict[str, Any]:
     """Step 6 with classes: the generated class mix against the real one, and the collapse
-    verdict if the classifier recognises every class well enough to support it."""
+    verdict if the classifier recognises every class well enough to support it. ``recall``
+    joins it: a generator that covers each class with a fraction of its variety (recall
+    under ``evaluate.min_recall``) is collapsed whatever its class histogram says."""
     k = manifest["num_classes"]
     real_hist, fake_hist = class_histogram(real_labels, k), class_histogram(fake_pred, k)
     result = mode_collapse(real_hist, fake_hist, ep.coverage_threshold, ep.kl_threshold)
@@ -65,6 +74,13 @@ def class_verdict(
             f"{ep.collapse_min_class_accuracy:g}, too weak to count classes by; rerun `ganforge "
             "featurenet`"
         )
+    if recall is not None and recall < ep.min_recall:  # collapse within the classes
+        result["mode_collapse"] = True
+        basis = result["mode_collapse_basis"]
+        result["mode_collapse_basis"] = (
+            "recall" if basis == "not assessed" else f"{basis} and recall"
+        )
+    result["mode_collapse_rule"] += f"; or recall < evaluate.min_recall {ep.min_recall:g}"
     return result
 
 
@@ -109,6 +125,7 @@ def distance_scores(
         "fid_ci95_high": rounded(hi, 4),
         "fid_floor": rounded(floor, 4),
         "fid_at_floor_samples": rounded(at_floor, 4),
+        "fid_over_floor": rounded(at_floor / floor, 3) if floor > 0 else None,
         "separable": separable,
         "separable_rule": (
             "separable = fid_at_floor_samples > fid_floor and KID's 95% interval not below 0; "
@@ -127,6 +144,7 @@ def precision_recall_by_class(
     """Step 7: k-NN precision/recall of the first ``n_pr`` of each set, overall and, with class
     predictions (``fake_pred``), per class."""
     precision, recall = precision_recall(real_f[:n_pr], fake_f[:n_pr], ep.pr_k)
+    density, coverage = density_coverage(real_f[:n_pr], fake_f[:n_pr], ep.pr_k)
     per_class = {}
     if fake_pred is not None:
         for c, name in enumerate(class_names):
@@ -138,4 +156,96 @@ def precision_recall_by_class(
                 "recall": rounded(rc_c),
                 "generated": len(f_c),
             }
-    return {"precision": rounded(precision), "recall": rounded(recall), "per_class": per_class}
+    return {
+        "precision": rounded(precision),
+        "recall": rounded(recall),
+        "density": rounded(density),
+        "coverage": rounded(coverage),
+        "per_class": per_class,
+    }
+
+
+def two_sample_verdict(
+    ep: EvaluateParams, holdout: Tensor, train: Tensor, fake: Tensor, seed: int
+) -> dict[str, Any]:
+    """Step 8: the classifier two-sample test (``metrics.twosample.c2st``) of held-out real
+    images (never seen by the generator or the feature network) against generated ones,
+    and the same test of held-out against training images: the null, what "cannot tell
+    them apart" measures as on this data. n per side: the held-out split, at most
+    ``evaluate.two_sample_samples``."""
+    n = min(len(holdout), ep.two_sample_samples, len(fake))
+    settings = dict(
+        max_steps=ep.two_sample_max_steps,
+        patience=ep.two_sample_patience,
+        width=ep.two_sample_width,
+        seed=seed,
+    )
+    model = c2st(holdout[:n], fake[:n], **settings)
+    null = c2st(holdout[:n], train, **settings)
+    lo, hi = model["ci95"]
+    return {
+        "c2st_accuracy": rounded(model["accuracy"], 4),
+        "c2st_ci95": [rounded(lo, 4), rounded(hi, 4)],
+        "c2st_ci95_low": rounded(lo, 4),
+        "c2st_ci95_high": rounded(hi, 4),
+        "c2st_null_accuracy": rounded(null["accuracy"], 4),
+        "c2st_null_ci95": [rounded(v, 4) for v in null["ci95"]],
+        # the only reading under which "cannot be told from real" may be claimed
+        "c2st_indistinguishable": bool(lo <= 0.5 <= hi),
+        "c2st_protocol": {
+            "real": "holdout split",
+            "n_per_side": model["n_per_side"],
+            "folds": 2,
+            "steps_per_fold": model["steps_per_fold"],
+            "null_steps_per_fold": null["steps_per_fold"],
+            **settings,
+        },
+    }
+
+
+def copying_verdict(
+    ep: EvaluateParams,
+    train: tuple[Tensor, Tensor],
+    holdout: tuple[Tensor, Tensor],
+    fake: tuple[Tensor, Tensor],
+) -> tuple[dict[str, Any], Tensor]:
+    """Step 9: the data-copying test (``metrics.twosample.copying_z``) in pixel space and in
+    the feature space; each argument is (images, features). -> (the result, the indices of
+    generated images nearest the training set with their training neighbours, (8, 2))."""
+    z, pairs = {}, None
+    for space, i in (("pixel", 0), ("feature", 1)):
+        d_fake, nearest = nearest_distances(fake[i], train[i])
+        d_hold, _ = nearest_distances(holdout[i], train[i])
+        z[space] = copying_z(d_fake, d_hold)
+        if space == "pixel":
+            order = d_fake.argsort()[:8]
+            pairs = torch.stack([order, nearest[order]], dim=1)
+    copying = min(z.values()) < -ep.copying_z
+    return {
+        "copying": bool(copying),
+        "copying_z_pixel": rounded(z["pixel"], 3),
+        "copying_z_feature": rounded(z["feature"], 3),
+        "copying_rule": (
+            "Mann-Whitney z of generated vs held-out distances to the nearest training image "
+            f"(Meehan et al. 2020), in pixel and feature space; copying = either z < "
+            f"-{ep.copying_z:g} (evaluate.copying_z): generated images closer to the training "
+            "set than unseen real ones"
+        ),
+    }, pairs
+
+
+def sample_size_warnings(ep: EvaluateParams, n: int) -> list[str]:
+    """Warnings (logged and recorded) about scores from ``n`` images per side."""
+    notes = []
+    if n < ep.stable_samples:
+        notes.append(
+            f"FID from {n} images per side is biased upward and less stable "
+            f"(evaluate.stable_samples = {ep.stable_samples}); promotion still compares FID, by "
+            "its 95% "
+            "interval (which widens with few images, so a small-sample candidate wins only by a "
+            "clear "
+            "margin) and only between models evaluated on the same data; read it against fid_floor"
+        )
+    for note in notes:
+        log.warning(note)
+    return notes

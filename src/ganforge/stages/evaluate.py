@@ -35,7 +35,18 @@ Protocol (every number in ``eval.json`` comes with it under ``protocol``):
    - ``recall``: a space without the data's classes (contrastive feature network,
      Inception): collapsed when recall (step 7) is under ``evaluate.min_recall``.
 7. Precision/recall in feature space with k-NN manifolds (Kynkaanniemi et al. 2019),
-   overall and per class.
+   overall and per class; density and coverage (Naeem et al. 2020). Recall under
+   ``evaluate.min_recall`` is collapse on any basis (within-class collapse).
+8. The classifier two-sample test in pixel space (``metrics.twosample``), needing no
+   feature network: held-out real images (never seen by the generator or the feature
+   network) against generated ones, a fresh critic trained until its held-aside loss stops
+   improving, every image predicted once (2 folds): ``c2st_accuracy`` with its 95%
+   interval, and the null measured the same way (held-out vs training images). 0.5: the
+   test cannot tell them apart; ``c2st_indistinguishable`` only when the interval holds 0.5.
+9. The data-copying test (Meehan et al. 2020): generated vs held-out distances to the
+   nearest training image, in pixel and feature space; ``copying`` when either z-score is
+   under ``-evaluate.copying_z``; ``reports/copying.png`` shows the 8 generated images
+   nearest the training set over their nearest training images.
 
 The metric functions are ``ganforge.metrics.scores``; the feature spaces
 ``ganforge.metrics.features``. Reports (``core.grids.write_reports``): ``samples.png``,
@@ -46,9 +57,6 @@ The metric functions are ``ganforge.metrics.scores``; the feature spaces
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +69,8 @@ from ganforge.core import fastpath
 from ganforge.core.dataset import dataset_name, load_split
 from ganforge.core.device import resolve_device, to_unit_range
 from ganforge.core.files import atomic_dir, claim_dir, write_metrics
-from ganforge.core.grids import write_reports
+from ganforge.core.grids import save_grid, write_reports
+from ganforge.core.progress import Timer
 from ganforge.errors import GanforgeError
 from ganforge.metrics.controls import FeatureSpaceError, check_controls, score_controls
 from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
@@ -69,33 +78,16 @@ from ganforge.metrics.headline import EVAL_NAMES
 from ganforge.metrics.scores import fid
 from ganforge.metrics.verdicts import (
     class_verdict,
+    copying_verdict,
     distance_scores,
     precision_recall_by_class,
     recall_verdict,
+    sample_size_warnings,
+    two_sample_verdict,
 )
 from ganforge.models import load_generator
 
 log = logging.getLogger(__name__)
-
-
-class Timer:
-    """``with timer("step_s"):`` times a step (CUDA work included: it synchronises at the
-    end); ``seconds()`` gives every step and the total, rounded, for ``timing_s``."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.start, self.steps = device, time.perf_counter(), {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.steps[name] = time.perf_counter() - t0
-
-    def seconds(self) -> dict[str, float]:
-        total = {"total_s": time.perf_counter() - self.start}
-        return {k: round(v, 3) for k, v in {**self.steps, **total}.items()}
 
 
 class EvaluationError(GanforgeError):
@@ -198,6 +190,13 @@ def _protocol(
         "num_generated": n_fake,
         "num_real": n_real,
         "real_split": ep.real_split,
+        # which real images each score is measured against (the generator saw the train split)
+        "real_split_by_score": {
+            "fid kid is precision recall density coverage mode_collapse": ep.real_split,
+            "fid_floor fid_at_floor_samples": f"{ep.real_split} (two disjoint halves of m)",
+            "c2st": "holdout (null: holdout vs train)",
+            "copying": "nearest train image; generated vs holdout distances",
+        },
         "floor_samples": m,
         "bootstrap_replicates": ep.bootstrap,
         "kid_subsets": ep.kid_subsets,
@@ -219,22 +218,6 @@ def _protocol(
         "device": str(device),
         "torch": torch.__version__,
     }
-
-
-def _warnings(ep: EvaluateParams, n: int) -> list[str]:
-    notes = []
-    if n < ep.stable_samples:
-        notes.append(
-            f"FID from {n} images per side is biased upward and less stable "
-            f"(evaluate.stable_samples = {ep.stable_samples}); promotion still compares FID, by "
-            "its 95% "
-            "interval (which widens with few images, so a small-sample candidate wins only by a "
-            "clear "
-            "margin) and only between models evaluated on the same data; read it against fid_floor"
-        )
-    for note in notes:
-        log.warning(note)
-    return notes
 
 
 def evaluate(
@@ -291,17 +274,37 @@ def evaluate(
             precision_recall_by_class(ep, names, real_f, fake_f, real_labels, fake_pred, n_pr)
         )
         if fake_pred is not None:
-            accuracy = extractor.class_accuracy
-            metrics.update(class_verdict(ep, manifest, accuracy, real_labels, fake_pred, requested))
+            accuracy, recall = extractor.class_accuracy, metrics["recall"]
+            metrics.update(
+                class_verdict(ep, manifest, accuracy, real_labels, fake_pred, requested, recall)
+            )
         else:
             space = extractor.record.get("featurenet_objective", extractor.name)
             metrics.update(recall_verdict(ep, space, metrics["recall"]))
     metrics["negative_controls"] = controls
-    metrics["warnings"] = _warnings(ep, min(n_real, n_fake))
+    metrics["warnings"] = sample_size_warnings(ep, min(n_real, n_fake))
+
+    # 8-9: judges in pixel space, against images the generator never saw
+    train, holdout = (load_split(data_dir, s) for s in ("train", "holdout"))
+    train_x, hold_x = (to_unit_range(s.images, device) for s in (train, holdout))
+    with timer("two_sample_s"):
+        metrics.update(two_sample_verdict(ep, hold_x, train_x, fake_images, ep.seed))
+    with timer("copying_s"):
+        n_copy = min(n_fake, ep.two_sample_samples * 2)
+        feats = (extractor(x)[0].cpu() for x in (train_x, hold_x))
+        copying, pairs = copying_verdict(
+            ep,
+            (train_x, next(feats)),
+            (hold_x, next(feats)),
+            (fake_images[:n_copy], fake_f[:n_copy]),
+        )
+        metrics.update(copying)
 
     with timer("reports_s"), atomic_dir(reports_dir, owner="evaluate") as tmp:
         conditional, k = gmeta["conditional"], manifest["num_classes"]
         write_reports(G, latent, k, conditional, ep.seed, ep.interpolation_steps, tmp, device)
+        closest = torch.cat([fake_images[pairs[:, 0]], train_x[pairs[:, 1]]])
+        save_grid(closest, tmp / "copying.png", len(pairs))  # generated over their nearest
     metrics["protocol"] = _protocol(
         ep, extractor, manifest, gmeta, generator_path, n_fake, n_real, m, device
     )

@@ -72,6 +72,12 @@ def _decide(registry, name: str, new: Candidate) -> dict[str, Any]:
             "fid": new.fid,
             "fid_ci95": list(new.fid_ci95),
             "mode_collapse": new.mode_collapse,
+            "c2st_accuracy": new.scores.get("c2st_accuracy"),
+            "c2st_ci95": list(new.c2st_ci95) if new.c2st_ci95 else None,
+            "c2st_null_accuracy": new.scores.get("c2st_null_accuracy"),
+            "copying": new.copying,
+            "fid_at_floor_samples": new.scores.get("fid_at_floor_samples"),
+            "fid_floor": new.scores.get("fid_floor"),
         },
         "run_id": new.run_id,
     }

@@ -131,6 +131,7 @@ class Registry:
             self.tag_version(
                 name, version, {"role": "challenger", "challenger_reason": entry["reason"][:4000]}
             )
+            self._describe(name, version, entry)
             return True
         aliases = self._call(self.client.get_registered_model, name).aliases
         current = str(aliases[self.CHAMPION]) if self.CHAMPION in aliases else None
@@ -145,21 +146,33 @@ class Registry:
         return True
 
     def _describe(self, name: str, version: str, entry: dict[str, Any]) -> None:
-        """The decision where the registry UI shows it: the version's description."""
+        """The decision where the registry UI shows it: the version's description, promoted
+        or not (rule, this version's evidence, the reason)."""
         m = entry["metrics"]
-        head = (
-            f"PROMOTED to champion (was v{entry['from_version']})"
-            if entry["promoted"] and entry["from_version"]
-            else "PROMOTED to champion (the first)"
-            if entry["promoted"]
-            else f"challenger; champion stays v{entry['to_version']}"
+        if entry["promoted"]:
+            was = entry["from_version"]
+            head = (
+                f"PROMOTED to champion (was v{was})" if was else "PROMOTED to champion (the first)"
+            )
+        else:
+            champ = entry["to_version"]
+            head = f"challenger; champion stays v{champ}" if champ else "challenger; no champion"
+        c2st = m.get("c2st_accuracy")
+        judged = (
+            f"two-sample test accuracy {c2st} {m.get('c2st_ci95')} on held-out real images (null "
+            f"{m.get('c2st_null_accuracy')}; 0.5 = cannot tell them apart), "
+            if c2st is not None
+            else ""
         )
         text = (
             f"{head}. Rule: parity passed, FID above the real-data floor (separable), a "
-            "mode-collapse "
-            "verdict and no collapse, FID beats the champion's beyond both 95% intervals. This "
-            f"version: FID {m['fid']} {m['fid_ci95']}, mode collapse {m['mode_collapse']}. "
-            f"Reason: {entry['reason']}. Decided {entry['time']} for run {entry['run_id']}."
+            "mode-collapse verdict and no collapse, no data copying, a two-sample test accuracy "
+            "not worse than the champion's beyond both intervals, and FID beating the champion's "
+            f"beyond both 95% intervals. This version: {judged}FID {m['fid']} {m['fid_ci95']} "
+            f"(at the floor's sample size {m.get('fid_at_floor_samples')} vs floor "
+            f"{m.get('fid_floor')}), mode collapse {m['mode_collapse']}, copying "
+            f"{m.get('copying')}. Reason: {entry['reason']}. Decided {entry['time']} for run "
+            f"{entry['run_id']}."
         )
         self._call(self.client.update_model_version, name, version, description=text[:4000])
 
