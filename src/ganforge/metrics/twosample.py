@@ -7,11 +7,11 @@ tell real images from generated ones and is scored on images it did not train on
 - the images are split into ``folds`` folds (each half real, half generated); for each
   fold the critic trains on the others and predicts that fold, so every image is predicted
   once, by a critic that never saw it;
-- the critic trains until it stops improving, not for a fixed small budget: a share of its
-  training images is kept aside, its loss there is checked every ``check_every`` steps and
-  training stops after ``patience`` checks without a new best, or once that loss is under
-  ``SURE`` (at ``max_steps`` at the latest); the best critic is the one scored. Steps used
-  per fold are reported;
+- the critic trains for a budget measured to be enough: in ``benchmarks/judge.py`` twice
+  the steps and twice the width give no higher accuracy on the generators of the ladder
+  (an under-trained critic says "indistinguishable" about generators a trained one
+  separates: early stopping on a few dozen held-aside images stopped too soon and ranked
+  a FID-7.6 generator as nearer real data than a FID-0.55 one, so it is not used);
 - accuracy = share of the 2n predictions that are right, with its Wilson 95% interval.
   0.5: the critic cannot tell the sets apart; 1.0: it always can. The same procedure on
   two real sets gives the null (``null`` in the evaluate stage: held-out vs training
@@ -33,10 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-# held-aside loss under which the critic is right about every held-aside image with margin
-# (mean probability of the true side > 0.98): more training cannot change its answers
-SURE = 0.02
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -71,71 +67,40 @@ class Critic(nn.Module):
 
 def _fit_and_predict(
     x: Tensor, y: Tensor, test: Tensor, settings: dict[str, Any], gen: torch.Generator
-) -> tuple[Tensor, int]:
-    """Train a fresh critic on (x, y) with early stopping on a held-aside share; predict
-    ``test`` -> (predicted labels (M,), steps trained)."""
-    n = len(x)
-    perm = torch.randperm(n, generator=gen, device=x.device)
-    n_val = max(2, int(n * settings["val_fraction"]))
-    val, fit = perm[:n_val], perm[n_val:]
+) -> Tensor:
+    """Train a fresh critic on (x, y) for ``settings["steps"]`` Adam steps; predict ``test``
+    -> predicted labels (M,)."""
     critic = Critic(x.shape[1], settings["width"]).to(x.device)
     opt = torch.optim.Adam(critic.parameters(), lr=settings["lr"], betas=(0.5, 0.999))
-    best, best_state, since, steps = math.inf, None, 0, 0
-    batch = min(settings["batch_size"], len(fit))
-    for step in range(1, settings["max_steps"] + 1):
-        idx = fit[torch.randint(len(fit), (batch,), generator=gen, device=x.device)]
+    batch = min(settings["batch_size"], len(x))
+    for _ in range(settings["steps"]):
+        idx = torch.randint(len(x), (batch,), generator=gen, device=x.device)
         loss = F.binary_cross_entropy_with_logits(critic(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        steps = step
-        if step % settings["check_every"] == 0:
-            with torch.no_grad():
-                val_loss = float(F.binary_cross_entropy_with_logits(critic(x[val]), y[val]))
-            if val_loss < best - 1e-4:
-                best, since = val_loss, 0
-                best_state = {k: v.detach().clone() for k, v in critic.state_dict().items()}
-                if val_loss < SURE:  # right and sure on every held-aside image: nothing to gain
-                    break
-            else:
-                since += 1
-                if since >= settings["patience"]:
-                    break
-    if best_state is not None:
-        critic.load_state_dict(best_state)
     with torch.no_grad():
         pred = torch.cat([critic(test[i : i + 1024]) for i in range(0, len(test), 1024)]) > 0
-    return pred.float(), steps
+    return pred.float()
 
 
 def c2st(
     a: Tensor,
     b: Tensor,
     *,
-    folds: int = 2,
-    max_steps: int = 4000,
-    check_every: int = 50,
-    patience: int = 6,
-    width: int = 32,
+    folds: int = 3,
+    steps: int = 1500,
+    width: int = 16,
     batch_size: int = 64,
     lr: float = 1e-3,
-    val_fraction: float = 0.15,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Classifier two-sample test between image sets ``a`` (real) and ``b`` (n each; the
-    larger is cut to the smaller) -> accuracy, its 95% interval, n and the steps per fold."""
+    larger is cut to the smaller) -> accuracy, its 95% interval, n and the settings."""
     n = min(len(a), len(b))
     if n < 2 * folds:
         raise ValueError(f"two-sample test: {n} images per side; need at least {2 * folds}")
-    settings = dict(
-        max_steps=max_steps,
-        check_every=check_every,
-        patience=patience,
-        width=width,
-        batch_size=batch_size,
-        lr=lr,
-        val_fraction=val_fraction,
-    )
+    settings = dict(steps=steps, width=width, batch_size=batch_size, lr=lr)
     device = a.device
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -147,19 +112,18 @@ def c2st(
         # folds with n/folds images of each side: every image is predicted once
         fold_of = torch.cat([torch.arange(n, device=device) % folds] * 2)
         fold_of = fold_of[torch.cat([torch.randperm(n, generator=gen, device=device)] * 2)]
-        correct, steps = 0, []
+        correct = 0
         for k in range(folds):
             test, train = fold_of == k, fold_of != k
-            pred, used = _fit_and_predict(x[train], y[train], x[test], settings, gen)
+            pred = _fit_and_predict(x[train], y[train], x[test], settings, gen)
             correct += int((pred == y[test]).sum())
-            steps.append(used)
     lo, hi = wilson(correct, 2 * n)
     return {
         "accuracy": correct / (2 * n),
         "ci95": [lo, hi],
         "n_per_side": n,
-        "steps_per_fold": steps,
-        "max_steps": max_steps,
+        "folds": folds,
+        **settings,
     }
 
 

@@ -175,10 +175,7 @@ def two_sample_verdict(
     ``evaluate.two_sample_samples``."""
     n = min(len(holdout), ep.two_sample_samples, len(fake))
     settings = dict(
-        max_steps=ep.two_sample_max_steps,
-        patience=ep.two_sample_patience,
-        width=ep.two_sample_width,
-        seed=seed,
+        folds=ep.two_sample_folds, steps=ep.two_sample_steps, width=ep.two_sample_width, seed=seed
     )
     model = c2st(holdout[:n], fake[:n], **settings)
     null = c2st(holdout[:n], train, **settings)
@@ -195,9 +192,8 @@ def two_sample_verdict(
         "c2st_protocol": {
             "real": "holdout split",
             "n_per_side": model["n_per_side"],
-            "folds": 2,
-            "steps_per_fold": model["steps_per_fold"],
-            "null_steps_per_fold": null["steps_per_fold"],
+            "batch_size": model["batch_size"],
+            "lr": model["lr"],
             **settings,
         },
     }

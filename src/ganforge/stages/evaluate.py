@@ -39,8 +39,8 @@ Protocol (every number in ``eval.json`` comes with it under ``protocol``):
    ``evaluate.min_recall`` is collapse on any basis (within-class collapse).
 8. The classifier two-sample test in pixel space (``metrics.twosample``), needing no
    feature network: held-out real images (never seen by the generator or the feature
-   network) against generated ones, a fresh critic trained until its held-aside loss stops
-   improving, every image predicted once (2 folds): ``c2st_accuracy`` with its 95%
+   network) against generated ones, a fresh critic per fold trained for a budget measured
+   to be enough, every image predicted once: ``c2st_accuracy`` with its 95%
    interval, and the null measured the same way (held-out vs training images). 0.5: the
    test cannot tell them apart; ``c2st_indistinguishable`` only when the interval holds 0.5.
 9. The data-copying test (Meehan et al. 2020): generated vs held-out distances to the

@@ -1,0 +1,148 @@
+"""Does the feature space rank generators the way an independent judge does? A ladder of
+generators of graded quality, each scored by the evaluate stage, and each score's rank
+agreement (Spearman) with the classifier two-sample test's accuracy.
+
+    python -m benchmarks.judge [--data digits mnist] [--mnist ../shared/data/mnist]
+        [--ladder cdcgan:100 cdcgan:300 ...] [--budget]
+
+Per dataset: prepare, the feature network (defaults), then every ladder rung (family:steps,
+default params otherwise, keep: last) trained and evaluated with the default evaluate
+params (so the two-sample test is the pipeline's own). Printed: a JSON line per rung, then
+a markdown table, then the rank agreement of each score with the two-sample accuracy
+(signs so that +1 = same order: FID, KID and FID/floor fall as quality rises, precision,
+recall, density and coverage rise). ``--budget`` re-runs the two-sample test of every rung
+with twice the width and twice the steps, to show whether the default critic has
+converged: its accuracy should not rise beyond its interval.
+Controls: blurred, checkerboard and high-frequency-noise copies of held-out images, scored
+by FID in the feature space (against the floor) and by the two-sample test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from ganforge.config import parse_params
+from ganforge.core.dataset import load_split
+from ganforge.core.device import to_unit_range
+from ganforge.metrics.features import DomainFeatures
+from ganforge.metrics.scores import fid
+from ganforge.metrics.twosample import c2st
+from ganforge.stages.evaluate import evaluate
+from ganforge.stages.featurenet import train_featurenet
+from ganforge.stages.prepare import prepare
+from ganforge.stages.train import train
+
+MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
+DATA = {
+    "digits": lambda m: {"source": "digits", "image_size": 16},
+    "mnist": lambda m: {"source": "mnist-idx", "path": str(m), "image_size": 28},
+}
+LADDER = ["cdcgan:100", "cdcgan:300", "cdcgan:1000", "cdcgan:2600", "dcgan:1000", "mlp:1000", "sngan:1000"]
+# score -> +1 if higher is better, -1 if lower is better (the two-sample accuracy: lower)
+SCORES = {"fid": -1, "fid_over_floor": -1, "kid_mean": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1}
+
+
+def controls(real: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """Copies of real images with what a pixel-space judge sees at once."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = real.shape[-2:]
+    board = ((torch.arange(h)[:, None] + torch.arange(w)[None]) % 2 * 2 - 1).float()
+    blur = F.avg_pool2d(F.pad(real, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    return {
+        "slight blur": 0.5 * real + 0.5 * blur,
+        "checkerboard 0.1": (real + 0.1 * board).clamp(-1, 1),
+        "high-freq noise 0.1": (real + 0.1 * torch.randn(real.shape, generator=g)).clamp(-1, 1),
+    }
+
+
+def run_dataset(name: str, mnist: Path, ladder: list[str], budget: bool, work: Path) -> list[dict]:
+    base = parse_params({"prepare": DATA[name](mnist)}, "judge")
+    data, fn = work / name / "data", work / name / "featurenet"
+    prepare(base.prepare, data)
+    train_featurenet(base, data, fn)
+    rows = []
+    for rung in ladder:
+        family, steps = rung.split(":")
+        raw = {"prepare": DATA[name](mnist), "train": {"model": family, "steps": int(steps), "keep": "last", "run_name": f"r{len(rows)}"}}
+        params = parse_params(raw, "judge")
+        t0 = time.perf_counter()
+        train(params, data, work / name / "runs", progress=False, featurenet=fn / "featurenet.pt")
+        train_s = time.perf_counter() - t0
+        gen = work / name / "runs" / f"r{len(rows)}" / "generator.pt"
+        m = evaluate(params, data, gen, fn / "featurenet.pt", work / name / f"e{len(rows)}.json", work / name / f"rep{len(rows)}")
+        row = {"dataset": name, "rung": rung, "train_s": round(train_s, 1), "eval_s": m["timing_s"]["total_s"],
+               "two_sample_s": m["timing_s"]["two_sample_s"],
+               **{k: m[k] for k in ("c2st_accuracy", "c2st_ci95", "c2st_null_accuracy", "copying", "copying_z_pixel", "fid", "fid_at_floor_samples", "fid_floor", *SCORES)},
+               "c2st_steps": m["c2st_protocol"]["steps"]}
+        if budget:
+            hold = to_unit_range(load_split(data, "holdout").images, torch.device("cpu"))
+            from ganforge.models import load_generator
+            from ganforge.stages.evaluate import generate
+
+            G, meta = load_generator(gen, torch.device("cpu"))
+            y = torch.as_tensor(load_split(data, "holdout").labels) if meta["conditional"] else None
+            fake = generate(G, len(hold), meta["generator_kwargs"]["latent_dim"], y, 500, torch.device("cpu"), 0)
+            big = c2st(hold, fake, width=32, steps=3000, seed=0)
+            row["c2st_2x"] = round(big["accuracy"], 4)
+            row["c2st_2x_ci95"] = [round(v, 4) for v in big["ci95"]]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    # negative controls: the feature space's FID against its floor, and the two-sample test
+    ep = base.evaluate
+    hold = to_unit_range(load_split(data, "holdout").images, torch.device("cpu"))
+    other = to_unit_range(load_split(data, "train").images, torch.device("cpu"))
+    other = other[torch.randperm(len(other), generator=torch.Generator().manual_seed(1))][: len(hold)]
+    ex = DomainFeatures(fn / "featurenet.pt", torch.device("cpu"), ep.batch_size)
+    feat = lambda x: ex(x)[0].cpu()  # noqa: E731
+    floor = fid(feat(hold), feat(other))
+    for cname, images in controls(other, 0).items():
+        r = c2st(hold, images, seed=0)
+        print(json.dumps({"dataset": name, "control": cname, "fid": round(fid(feat(hold), feat(images)), 4),
+                          "floor_same_n": round(floor, 4), "c2st_accuracy": round(r["accuracy"], 4),
+                          "c2st_ci95": [round(v, 4) for v in r["ci95"]]}), flush=True)
+    return rows
+
+
+def agreement(rows: list[dict]) -> dict[str, float]:
+    """Spearman rank correlation of each score with the two-sample accuracy, signed so that
+    +1 means the score orders the generators as the test does."""
+    acc = [r["c2st_accuracy"] for r in rows]
+    out = {}
+    for k, sign in SCORES.items():
+        rho = spearmanr([-sign * r[k] for r in rows], acc).statistic  # both: higher = worse
+        out[k] = round(float(rho), 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", nargs="+", default=["digits", "mnist"], choices=list(DATA))
+    ap.add_argument("--mnist", type=Path, default=MNIST)
+    ap.add_argument("--ladder", nargs="+", default=LADDER)
+    ap.add_argument("--budget", action="store_true", help="re-run the two-sample test at 2x width and steps")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        all_rows = {d: run_dataset(d, args.mnist, args.ladder, args.budget, Path(tmp)) for d in args.data}
+    print("\n| data | rung | train s | two-sample accuracy [95%] | null | 2x critic | copying (z pixel) | FID | FID/floor (like for like) | KID | precision | recall | density | coverage |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for d, rows in all_rows.items():
+        for r in rows:
+            two = f"{r['c2st_2x']} {r['c2st_2x_ci95']}" if "c2st_2x" in r else "-"
+            print(f"| {d} | {r['rung']} | {r['train_s']} | {r['c2st_accuracy']} {r['c2st_ci95']} | {r['c2st_null_accuracy']} | {two} | "
+                  f"{r['copying']} ({r['copying_z_pixel']}) | {r['fid']} | {r['fid_over_floor']} | {r['kid_mean']} | {r['precision']} | "
+                  f"{r['recall']} | {r['density']} | {r['coverage']} |")
+    print("\nRank agreement with the two-sample test (Spearman; +1 = same order):")
+    for d, rows in all_rows.items():
+        print(d, json.dumps(agreement(rows)))
+
+
+if __name__ == "__main__":
+    main()
