@@ -19,7 +19,9 @@ All run a fixed number of optimiser steps (``resolve_steps``): epochs would give
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import numpy as np
 import torch
@@ -36,6 +38,8 @@ from ganforge.metrics.featurenet import FeatureNet
 PASSES, MIN_STEPS, MAX_STEPS = 8, 300, 4000
 # the contrastive objective's temperature and projection size (SimCLR's defaults at small batch)
 TEMPERATURE, PROJECTION_DIM = 0.2, 64
+
+log = logging.getLogger("ganforge.stages.featurenet")
 
 
 def resolve_steps(setting: int | str, n_images: int, batch_size: int) -> int:
@@ -132,7 +136,8 @@ def fit_featurenet(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     net.train()
     perm, pos = torch.randperm(n, generator=gen, device=device), 0
-    for _step in range(steps):
+    t0, every = time.perf_counter(), max(1, steps // 10)  # a progress line every tenth
+    for step in range(1, steps + 1):
         if pos + batch > n:  # a new pass: every image once per pass, in a fresh order
             perm, pos = torch.randperm(n, generator=gen, device=device), 0
         idx = perm[pos : pos + batch]
@@ -157,6 +162,13 @@ def fit_featurenet(
         loss.backward()
         opt.step()
         sched.step()
+        if step % every == 0 or step == steps:
+            elapsed = time.perf_counter() - t0
+            eta = elapsed * (steps - step) / step
+            log.info(
+                "featurenet step %d/%d (%d%%)  loss %.3f  %.0f s, eta %.0f s",
+                *(step, steps, 100 * step // steps, float(loss.detach()), elapsed, eta),
+            )
     net.eval()
 
 
