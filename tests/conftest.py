@@ -32,6 +32,9 @@ def tiny_params(**sections):
             "grid_size": 16,
             "device": "cpu",
         },
+        # the two-sample test runs in every evaluation; tiny configs give its critic a fifth
+        # of the default budget (the default is run by the pipeline and slow tests)
+        "evaluate": {"two_sample_steps": 300},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

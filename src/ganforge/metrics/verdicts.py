@@ -177,6 +177,12 @@ def two_sample_verdict(
     settings = dict(
         folds=ep.two_sample_folds, steps=ep.two_sample_steps, width=ep.two_sample_width, seed=seed
     )
+    if n < 2 * ep.two_sample_folds:  # too few images to hold out a fold of each side
+        reason = f"not run: {n} images per side, fewer than 2 x evaluate.two_sample_folds"
+        keys = ("c2st_accuracy", "c2st_ci95_low", "c2st_ci95_high", "c2st_null_accuracy")
+        nothing = {"c2st_ci95": [None, None], "c2st_null_ci95": [None, None]}
+        skipped = {"c2st_indistinguishable": None, "c2st_protocol": {"skipped": reason}}
+        return {**dict.fromkeys(keys), **nothing, **skipped}
     model = c2st(holdout[:n], fake[:n], **settings)
     null = c2st(holdout[:n], train, **settings)
     lo, hi = model["ci95"]
