@@ -322,6 +322,9 @@ def test_candidate_from_files_round_trips_through_the_registry_tags(tmp_path):
     ev = {"fid": 4.25, "fid_ci95": [3.5, 5.0], "fid_floor": 0.3, "fid_at_floor_samples": 6.0,
           "separable": True, "kid_mean": 0.01, "is_mean": 3.0, "precision": 0.7, "recall": 0.6,
           "class_coverage": 1.0, "mode_collapse": False, "mode_collapse_basis": "class histogram",
+          "fid_over_floor": 20.0, "density": 0.9, "coverage": 0.8, "c2st_accuracy": 0.8,
+          "c2st_ci95_low": 0.75, "c2st_ci95_high": 0.85, "c2st_null_accuracy": 0.5,
+          "copying": False, "copying_z_pixel": 4.0, "copying_z_feature": 3.0,
           "protocol": {"generator_sha256": "g", "generator_family": "dcgan", "dataset": "digits",
                        "data_sha256": "d"}}  # fmt: skip
     ex = {"parity_max_abs_diff": 2e-7, "parity_tolerance": 1e-4, "generator_sha256": "g",
