@@ -267,6 +267,7 @@ def test_inception_path_is_guarded_by_the_controls(
                 "kid_subset_size": 10,
                 "is_splits": 2,
                 "pr_samples": 20,
+                "copying_reference": 150,  # Inception at 299 px: 0.16 s an image on 2 cores
             }
         )
         out = tmp_path / weights.stem
@@ -285,6 +286,7 @@ def test_inception_path_is_guarded_by_the_controls(
             min(c[k] for k in ("constant", "noise", "blurred", "shuffled")) >= 1.5 * c["floor"] > 0
         )
         assert m["mode_collapse_basis"] == "recall" and m["mode_collapse"] is not None
+        assert m["copying_images"] == {"generated": 40, "train": 150, "holdout": 150}
 
 
 def test_inception_offline_without_weights_names_the_file(tmp_path, monkeypatch):

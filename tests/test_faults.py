@@ -204,7 +204,7 @@ def test_tracking_server_loss_fails_cleanly_and_resume_completes(tmp_path, digit
 BAD_INPUTS = [
     (["prepare", "--set", "prepare.image_size=0"], "prepare.image_size: Input should be greater than or equal to 8"),
     (["prepare", "--set", "prepare.image_size=big"], "prepare.image_size: Input should be a valid integer"),
-    (["prepare", "--set", "prepare.source=s3"], "prepare.source: Input should be"),
+    (["prepare", "--set", "prepare.source=s3"], "prepare.source: unknown source 's3' (allowed: digits"),
     (["prepare", "--set", "prepare.source=imagefolder"], "prepare.path: source 'imagefolder' needs a directory"),
     (["prepare", "--set", "prepare.holdout_fraction=0"], "prepare.holdout_fraction: Input should be greater than 0"),
     (["prepare", "--set", "prepare.channels=4"], "prepare.channels: Input should be 'auto', 1 or 3"),

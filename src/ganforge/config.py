@@ -172,6 +172,7 @@ class EvaluateParams(_Section):
     two_sample_steps: int = Field(1500, ge=1, le=1_000_000)
     two_sample_folds: int = Field(3, ge=2, le=20)
     copying_z: float = Field(3.0, gt=0.0, le=100.0)
+    copying_reference: int = Field(5000, ge=2, le=1_000_000)
     pr_k: int = Field(3, ge=1, le=100)
     pr_samples: int = Field(5000, ge=2, le=100_000)
     interpolation_steps: int = Field(10, ge=2, le=64)

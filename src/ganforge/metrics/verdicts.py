@@ -227,6 +227,11 @@ def copying_verdict(
         "copying": bool(copying),
         "copying_z_pixel": rounded(z["pixel"], 3),
         "copying_z_feature": rounded(z["feature"], 3),
+        "copying_images": {
+            "generated": len(fake[0]),
+            "train": len(train[0]),
+            "holdout": len(holdout[0]),
+        },
         "copying_rule": (
             "Mann-Whitney z of generated vs held-out distances to the nearest training image "
             f"(Meehan et al. 2020), in pixel and feature space; copying = either z < "

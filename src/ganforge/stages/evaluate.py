@@ -195,7 +195,8 @@ def _protocol(
             "fid kid is precision recall density coverage mode_collapse": ep.real_split,
             "fid_floor fid_at_floor_samples": f"{ep.real_split} (two disjoint halves of m)",
             "c2st": "holdout (null: holdout vs train)",
-            "copying": "nearest train image; generated vs holdout distances",
+            "copying": "nearest train image; generated vs holdout distances (each split at most "
+            "evaluate.copying_reference images, seeded)",
         },
         "floor_samples": m,
         "bootstrap_replicates": ep.bootstrap,
@@ -291,11 +292,17 @@ def evaluate(
         metrics.update(two_sample_verdict(ep, hold_x, train_x, fake_images, ep.seed))
     with timer("copying_s"):
         n_copy = min(n_fake, ep.two_sample_samples * 2)
-        feats = (extractor(x)[0].cpu() for x in (train_x, hold_x))
+        # a seeded subset, in split order, when a split is larger than evaluate.copying_reference
+        rng_copy = np.random.default_rng(ep.seed + 9)
+        ref_x, copy_hold = (
+            x[np.sort(rng_copy.permutation(len(x))[: ep.copying_reference])]
+            for x in (train_x, hold_x)
+        )
+        feats = (extractor(x)[0].cpu() for x in (ref_x, copy_hold))
         copying, pairs = copying_verdict(
             ep,
-            (train_x, next(feats)),
-            (hold_x, next(feats)),
+            (ref_x, next(feats)),
+            (copy_hold, next(feats)),
             (fake_images[:n_copy], fake_f[:n_copy]),
         )
         metrics.update(copying)
@@ -303,7 +310,7 @@ def evaluate(
     with timer("reports_s"), atomic_dir(reports_dir, owner="evaluate") as tmp:
         conditional, k = gmeta["conditional"], manifest["num_classes"]
         write_reports(G, latent, k, conditional, ep.seed, ep.interpolation_steps, tmp, device)
-        closest = torch.cat([fake_images[pairs[:, 0]], train_x[pairs[:, 1]]])
+        closest = torch.cat([fake_images[pairs[:, 0]], ref_x[pairs[:, 1]]])
         save_grid(closest, tmp / "copying.png", len(pairs))  # generated over their nearest
     metrics["protocol"] = _protocol(
         ep, extractor, manifest, gmeta, generator_path, n_fake, n_real, m, device
