@@ -51,12 +51,22 @@ def test_damaged_file_is_refused(tmp_path, digits_featurenet):
 
 
 @pytest.mark.slow
-def test_real_mnist_reaches_98_percent(tmp_path, mnist_dir):
+def test_real_mnist_reaches_98_percent(tmp_path, mnist_dir, caplog):
+    """Default featurenet params on MNIST: the gate passes, and the run says how far it is
+    every tenth of its steps (with an estimate of the time left), not only at the end."""
+    import logging
+    import re
+
     params = tiny_params(prepare={"source": "mnist-idx", "path": str(mnist_dir), "image_size": 28})
     prepare(params.prepare, tmp_path / "mnist")
-    metrics = train_featurenet(params, tmp_path / "mnist", tmp_path / "fn")
+    with caplog.at_level(logging.INFO, logger="ganforge.stages.featurenet"):
+        metrics = train_featurenet(params, tmp_path / "mnist", tmp_path / "fn")
     assert metrics["min_accuracy"] == 0.98
     assert metrics["holdout_accuracy"] >= 0.98, metrics
+    pattern = r"featurenet step (\d+)/(\d+) \((\d+)%\)  loss [\d.]+  \d+ s, eta \d+ s"
+    progress = [m.groups() for r in caplog.records if (m := re.fullmatch(pattern, r.getMessage()))]
+    assert 10 <= len(progress) <= 11 and progress[-1][0] == progress[-1][1], progress
+    assert [int(p[2]) for p in progress] == sorted(int(p[2]) for p in progress)
 
 
 def test_same_data_and_seed_give_the_same_file(tmp_path, digits_dir):

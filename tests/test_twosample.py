@@ -12,7 +12,7 @@ from ganforge.core.dataset import load_split
 from ganforge.core.device import to_unit_range
 from ganforge.metrics.promotion import Candidate, decide
 from ganforge.metrics.scores import density_coverage
-from ganforge.metrics.twosample import c2st, copying_z, nearest_distances, wilson
+from ganforge.metrics.twosample import c2st, c2st_many, copying_z, nearest_distances, wilson
 
 from .conftest import tiny_params
 
@@ -54,6 +54,17 @@ def test_noise_and_a_constant_generator_are_told_apart_always(digits):
     assert c2st(train[:200], noise, seed=0)["accuracy"] > 0.97
     constant = train[:1].expand(200, -1, -1, -1)  # one image for every sample
     assert c2st(train[200:400], constant, seed=0)["accuracy"] > 0.97
+
+
+def test_critics_trained_side_by_side_stay_independent(digits):
+    """The evaluate stage trains the model test's and the null's critics as one grouped
+    network: an easy pair beside a null pair must not pull the null off 0.5."""
+    train, _ = digits
+    noise = torch.rand_like(train[:200]) * 2 - 1
+    pairs = [(train[:200], train[200:400]), (train[400:600], noise)]
+    null, easy = c2st_many(pairs, steps=500, seed=0)  # independence does not need the budget
+    assert null["ci95"][0] <= 0.5 <= null["ci95"][1], null
+    assert easy["accuracy"] > 0.97 and easy["n_per_side"] == null["n_per_side"] == 200
 
 
 def test_a_slightly_blurred_copy_of_real_data_is_caught(digits):

@@ -101,12 +101,15 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
                 for r in done
             }  # fmt: skip
             assert any("AwaitingConcurrencySlot" in h for h in history.values()), history
-            # stop the schedule, let anything already started finish, then stop the worker
+            # stop the schedule, then let every run already due finish before stopping the
+            # worker: pausing deletes only future runs, so cron runs queued for the slot
+            # (SCHEDULED, AwaitingConcurrencySlot) still run, and a worker stopped under one
+            # would leave its dvc repro killed mid-stage (and its lock behind)
             httpx.patch(f"{api}/deployments/{dep['id']}", json={"paused": True}, timeout=10)
-            while (
-                any(r["state_type"] in ("RUNNING", "PENDING") for r in runs)
-                and time.monotonic() < deadline
-            ):
+            drain = time.monotonic() + 300
+            runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+            while any(r["state_type"] in ("SCHEDULED", "PENDING", "RUNNING") for r in runs):
+                assert time.monotonic() < drain, [(r["name"], r["state_name"]) for r in runs]
                 time.sleep(2)
                 runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
         finally:

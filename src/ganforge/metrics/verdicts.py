@@ -33,7 +33,7 @@ from ganforge.metrics.scores import (
     precision_recall,
     rounded,
 )
-from ganforge.metrics.twosample import c2st, copying_z, nearest_distances
+from ganforge.metrics.twosample import c2st_many, copying_z, nearest_distances
 
 log = logging.getLogger("ganforge.stages.evaluate")
 
@@ -168,7 +168,7 @@ def precision_recall_by_class(
 def two_sample_verdict(
     ep: EvaluateParams, holdout: Tensor, train: Tensor, fake: Tensor, seed: int
 ) -> dict[str, Any]:
-    """Step 8: the classifier two-sample test (``metrics.twosample.c2st``) of held-out real
+    """Step 8: the classifier two-sample test (``metrics.twosample.c2st_many``) of held-out real
     images (never seen by the generator or the feature network) against generated ones,
     and the same test of held-out against training images: the null, what "cannot tell
     them apart" measures as on this data. n per side: the held-out split, at most
@@ -183,8 +183,7 @@ def two_sample_verdict(
         nothing = {"c2st_ci95": [None, None], "c2st_null_ci95": [None, None]}
         skipped = {"c2st_indistinguishable": None, "c2st_protocol": {"skipped": reason}}
         return {**dict.fromkeys(keys), **nothing, **skipped}
-    model = c2st(holdout[:n], fake[:n], **settings)
-    null = c2st(holdout[:n], train, **settings)
+    model, null = c2st_many([(holdout[:n], fake[:n]), (holdout[:n], train)], **settings)
     lo, hi = model["ci95"]
     return {
         "c2st_accuracy": rounded(model["accuracy"], 4),
