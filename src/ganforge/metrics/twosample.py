@@ -116,9 +116,10 @@ def c2st_many(
     settings = dict(steps=steps, width=width, batch_size=batch_size, lr=lr)
     device = pairs[0][0].device
     gen = torch.Generator(device=device).manual_seed(seed)
-    xs, ys, tests, train, offset = [], [], [], [], 0
+    xs, ys, tests, train, sizes, offset = [], [], [], [], [], 0
     for a, b in pairs:
         n = min(len(a), len(b))
+        sizes.append(n)
         if n < 2 * folds:
             raise ValueError(f"two-sample test: {n} images per side; need at least {2 * folds}")
         ia = torch.randperm(len(a), generator=gen, device=device)[:n]
@@ -137,9 +138,8 @@ def c2st_many(
         torch.manual_seed(seed)  # the critics' initial weights
         pred = _fit_and_predict(x, y, train, settings, gen)
     results = []
-    for p, (a, b) in enumerate(pairs):
+    for p, n in enumerate(sizes):
         critics = range(p * folds, (p + 1) * folds)
-        n = min(len(a), len(b))
         correct = sum(int((pred[tests[g], g] == y[tests[g]]).sum()) for g in critics)
         lo, hi = wilson(correct, 2 * n)
         accuracy = correct / (2 * n)

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from ganforge.config import EvaluateParams, Params
 from ganforge.core import fastpath
-from ganforge.core.dataset import dataset_name, load_split
+from ganforge.core.dataset import SPLITS, dataset_name, load_split
 from ganforge.core.device import resolve_device, to_unit_range
 from ganforge.core.files import atomic_dir, claim_dir, write_metrics
 from ganforge.core.grids import save_grid, write_reports
@@ -152,6 +152,23 @@ def _featurise(extractor, real_split, fake_images, n_real: int, rng_pool, device
     real_f, _ = extractor(to_unit_range(real_split.images[used], device))
     fake_f, fake_logits = extractor(fake_images)
     return m, used, real_f.cpu(), fake_f.cpu(), fake_logits.cpu()
+
+
+def _features_of(extractor, x: Tensor, idx: np.ndarray, known) -> Tensor:
+    """Features (on the CPU) of ``x[idx]``. ``known`` = (indices into the same split, their
+    features) from step 2, or None: those rows are reused, only the others are featurised
+    (with the default real split, step 2 has already featurised every training image)."""
+    if known is None:
+        return extractor(x[idx])[0].cpu()
+    rows, features = known
+    where = np.full(len(x), -1)
+    where[rows] = np.arange(len(rows))
+    have = torch.from_numpy(where[idx] >= 0)
+    out = torch.empty(len(idx), features.shape[1], dtype=features.dtype)
+    out[have] = features[torch.from_numpy(where[idx][have.numpy()])]
+    if not have.all():
+        out[~have] = extractor(x[idx[~have.numpy()]])[0].cpu().to(features.dtype)
+    return out
 
 
 def _controls(ep, extractor, real_split, used, real_pool: Tensor, m: int, floor: float, device):
@@ -286,23 +303,22 @@ def evaluate(
     metrics["warnings"] = sample_size_warnings(ep, min(n_real, n_fake))
 
     # 8-9: judges in pixel space, against images the generator never saw
-    train, holdout = (load_split(data_dir, s) for s in ("train", "holdout"))
-    train_x, hold_x = (to_unit_range(s.images, device) for s in (train, holdout))
+    splits = {s: real_split if s == ep.real_split else load_split(data_dir, s) for s in SPLITS}
+    x = {s: to_unit_range(split.images, device) for s, split in splits.items()}
     with timer("two_sample_s"):
-        metrics.update(two_sample_verdict(ep, hold_x, train_x, fake_images, ep.seed))
+        metrics.update(two_sample_verdict(ep, x["holdout"], x["train"], fake_images, ep.seed))
     with timer("copying_s"):
         n_copy = min(n_fake, ep.two_sample_samples * 2)
         # a seeded subset, in split order, when a split is larger than evaluate.copying_reference
         rng_copy = np.random.default_rng(ep.seed + 9)
-        ref_x, copy_hold = (
-            x[np.sort(rng_copy.permutation(len(x))[: ep.copying_reference])]
-            for x in (train_x, hold_x)
-        )
-        feats = (extractor(x)[0].cpu() for x in (ref_x, copy_hold))
+        pick = {s: np.sort(rng_copy.permutation(len(x[s]))[: ep.copying_reference]) for s in x}
+        known = {ep.real_split: (used, real_pool)}  # what step 2 featurised
+        feats = {s: _features_of(extractor, x[s], pick[s], known.get(s)) for s in x}
+        ref_x = x["train"][pick["train"]]
         copying, pairs = copying_verdict(
             ep,
-            (ref_x, next(feats)),
-            (copy_hold, next(feats)),
+            (ref_x, feats["train"]),
+            (x["holdout"][pick["holdout"]], feats["holdout"]),
             (fake_images[:n_copy], fake_f[:n_copy]),
         )
         metrics.update(copying)
