@@ -314,8 +314,12 @@ def test_inception_weights_must_be_plain_tensors(tmp_path):
 @pytest.mark.slow
 def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
     """The `make run` model (default params: cdcgan + R1, 2,600 steps) and the default feature
-    network: full class coverage, no collapse flag, and issue 15's target for it: FID within
-    5x the real-data floor (measured 0.5253 against 0.3117 at 3,000 steps, RESULTS.md)."""
+    network: full class coverage, no collapse flag, and FID at the floor's sample size far
+    nearer the floor than the weak generators of the judge ladder (RESULTS.md, texture
+    space: 2,600 steps 17.6x the floor, 300 steps 152x, an MLP GAN 85x). Issue 15's
+    "within 5x the floor" was set in the embedding alone, where the same model scores 2.25x
+    and a slight blur of real digits 1.2x: a ruler that could not see what a two-sample
+    test sees at once."""
     from ganforge.config import load_params
     from ganforge.stages.featurenet import train_featurenet
 
@@ -336,4 +340,5 @@ def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
         m["class_histogram"],
         m["kl_class"],
     )
-    assert m["fid"] <= 5 * m["fid_floor"], (m["fid"], m["fid_floor"])
+    assert m["fid_over_floor"] <= 30, (m["fid_at_floor_samples"], m["fid_floor"])
+    assert m["protocol"]["feature_texture"] is True and m["separable"] is True

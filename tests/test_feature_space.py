@@ -11,10 +11,14 @@ import torch
 
 from ganforge.config import parse_params
 from ganforge.metrics.controls import (
+    COARSE,
     CONTROLS,
+    SUBTLE_CONTROLS,
+    SUBTLE_MIN_IMAGES,
     FeatureSpaceError,
     check_controls,
     control_images,
+    gated_controls,
 )
 from ganforge.metrics.featurenet import load_featurenet, save_featurenet
 from ganforge.metrics.verdicts import class_verdict
@@ -39,10 +43,20 @@ def test_controls_are_what_they_say():
     # the same pixels per image and channel (tiles moved, not changed), in another place
     assert torch.equal(shuffled.flatten(2).sort().values, real.flatten(2).sort().values)
     assert not torch.equal(shuffled, real)
+    flat = torch.zeros(2, 1, 8, 8)  # on a flat image the three subtle controls show alone
+    assert torch.equal(control_images("slight_blur", flat, 0), flat)
+    board = control_images("checkerboard", flat, 0)[0, 0]
+    assert board[0, 0] == -0.1 and board[0, 1] == 0.1 and board[1, 1] == -0.1  # pixel period
+    noise = control_images("hf_noise", flat, 0)
+    assert 0.08 < noise.std() < 0.12 and abs(noise.mean()) < 0.03
+    edge = torch.tensor([-1.0, -1, 1, 1]).expand(1, 1, 4, 4)  # a vertical edge, softened
+    assert control_images("slight_blur", edge, 0)[0, 0, 0].tolist() == pytest.approx(
+        [-1, -2 / 3, 2 / 3, 1]
+    )
 
 
 def test_check_controls_refuses_a_space_that_cannot_separate():
-    good = {"floor": 0.3, "constant": 300.0, "noise": 300.0, "blurred": 100.0, "shuffled": 50.0}
+    good = {"floor": 0.3, **dict.fromkeys(CONTROLS, 50.0)}
     check_controls(good, 2.0, "hint")
     with pytest.raises(
         FeatureSpaceError, match="shuffled negative control scores FID 0.5, under 2"
@@ -50,6 +64,13 @@ def test_check_controls_refuses_a_space_that_cannot_separate():
         check_controls({**good, "shuffled": 0.5}, 2.0, "hint")
     with pytest.raises(FeatureSpaceError, match="cannot separate real images from each other"):
         check_controls(dict.fromkeys(["floor", *CONTROLS], 0.0), 2.0, "hint")
+    # the subtle controls are gated from SUBTLE_MIN_IMAGES per side, recorded below it
+    assert gated_controls(SUBTLE_MIN_IMAGES) == CONTROLS
+    assert gated_controls(SUBTLE_MIN_IMAGES - 1) == COARSE
+    faint = {**good, "slight_blur": 0.4}
+    with pytest.raises(FeatureSpaceError, match="the slight_blur negative control scores FID 0.4"):
+        check_controls(faint, 2.0, "hint", gated_controls(808))
+    check_controls(faint, 2.0, "hint", gated_controls(135))
 
 
 def test_collapse_verdict_needs_a_classifier_good_in_every_class():
@@ -121,7 +142,12 @@ def test_two_class_colour_folder_never_scores_a_bad_generator_at_the_floor(tmp_p
     _bad_generator(params, tmp_path)
     m = _evaluate(params, tmp_path)
     c = m["negative_controls"]
-    assert all(c[k] >= 1.5 * c["floor"] for k in CONTROLS), c
+    # 135 per side: too few for FID to see the subtle controls, so they are recorded and said
+    gated = m["protocol"]["controls_gated"].split()
+    assert gated == list(COARSE) and c["control_samples"] < SUBTLE_MIN_IMAGES
+    assert all(c[k] >= 1.5 * c["floor"] for k in gated), c
+    assert all(k in c for k in SUBTLE_CONTROLS)
+    assert any("subtle negative controls" in w and "not gated" in w for w in m["warnings"])
     assert m["fid_at_floor_samples"] > 5 * m["fid_floor"] and m["separable"] is True
     assert m["kid_mean"] > 0 and m["mode_collapse"] is True  # a 15-step generator covers nothing
     assert m["protocol"]["featurenet_objective"] == "hybrid"
@@ -174,5 +200,9 @@ def test_digits_controls_are_far_above_the_floor(
         params, digits_dir, digits_generator, digits_featurenet, tmp_path / "e.json", tmp_path / "r"
     )
     c = m["negative_controls"]
-    assert min(c[k] for k in CONTROLS) > 20 * c["floor"] > 0, c
-    assert m["mode_collapse_basis"] in ("class histogram", "not assessed")
+    assert min(c[k] for k in COARSE) > 20 * c["floor"] > 0, c
+    # the subtle three are gated here (808 per side) and pass: the texture statistics see
+    # them (the embedding alone scored them 1.2-1.6x the floor)
+    assert m["protocol"]["controls_gated"].split() == list(CONTROLS), m["protocol"]
+    assert min(c[k] for k in SUBTLE_CONTROLS) > 2 * c["floor"], c
+    assert m["mode_collapse_basis"].split(" and ")[0] in ("class histogram", "not assessed")

@@ -20,12 +20,51 @@ def test_shapes_and_num_features():
     assert f.shape == (5, 24) and logits.shape == (5, 7) and net.num_features == 24
 
 
+def test_texture_statistics_join_the_embedding_at_equal_weight():
+    torch.manual_seed(0)
+    net = FeatureNet(channels=1, num_classes=3, width=8, feature_dim=24, texture=True).eval()
+    x = torch.rand(64, 1, 16, 16) * 2 - 1
+    f, logits = net.features_and_logits(x)
+    assert f.shape == (64, 24 + 16) and net.num_features == 40 and logits.shape == (64, 3)
+    assert torch.allclose(f[:, :24], net.embedding(x).detach(), atol=1e-6)  # embedding first
+    assert torch.allclose(logits, net(x).detach(), atol=1e-6)  # logits from the embedding alone
+    scale = net.set_texture_scale(x)
+    f = net.features(x).detach()
+    assert scale > 0 and float(net.texture_scale) == pytest.approx(scale)
+    emb_var, tex_var = f[:, :24].var(0).sum(), f[:, 24:].var(0).sum()
+    assert float(tex_var) == pytest.approx(float(emb_var), rel=1e-4)
+    # a blurred copy moves the texture part far more than the embedding's share would say
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    moved = (net.features(blurred).detach() - f).pow(2).mean(0)
+    assert moved[24:].sum() > moved[:24].sum()
+
+
 def test_digits_accuracy_and_record(digits_featurenet):
     net, meta = load_featurenet(digits_featurenet)
     assert meta["holdout_accuracy"] >= 0.95
     metrics = json.loads((digits_featurenet.parent / "metrics.json").read_text())
     assert metrics["sha256"] == meta["sha256"] and metrics["min_accuracy"] == 0.95
     assert not net.training
+    # the default judging space: embedding and texture statistics, their weight measured
+    assert net.texture and meta["kwargs"]["texture"] is True
+    assert metrics["feature_dim"] == net.num_features == 128 + 2 * 32
+    assert metrics["texture_scale"] == pytest.approx(float(net.texture_scale), rel=1e-5)
+    assert metrics["texture_scale"] > 0
+
+
+def test_files_from_before_texture_statistics_still_load(tmp_path):
+    """A featurenet.pt written before ``texture`` existed (no kwarg, no buffer) loads as
+    the embedding alone, as it was scored when it was written."""
+    from ganforge.metrics.featurenet import save_featurenet
+
+    net = FeatureNet(channels=1, num_classes=2, width=8, feature_dim=16)
+    kwargs = {"channels": 1, "num_classes": 2, "width": 8, "feature_dim": 16}
+    record = {"data_sha256": "x", "holdout_accuracy": 1.0, "class_names": ["a", "b"]}
+    save_featurenet(net, kwargs, record, tmp_path / "old.pt")
+    old, meta = load_featurenet(tmp_path / "old.pt")
+    assert not old.texture and old.num_features == 16 and "texture_scale" not in old.state_dict()
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    assert torch.equal(old.features(x), old.embedding(x))
 
 
 def test_untrained_network_fails_the_gate(tmp_path, digits_dir):

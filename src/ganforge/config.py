@@ -140,6 +140,7 @@ class FeaturenetParams(_Section):
     lr: float = Field(3e-3, gt=0.0, le=1.0)
     width: int = Field(32, ge=4, le=512)
     feature_dim: int = Field(128, ge=2, le=4096)
+    texture: bool = True
     max_shift: int = Field(2, ge=0, le=8)
     hflip: bool = False
     bf16: Auto = "auto"

@@ -128,7 +128,7 @@ def fit_featurenet(
     head: nn.Module | None = None
     params = list(net.parameters())
     if objective in ("contrastive", "hybrid"):
-        fd = net.num_features
+        fd = net.embedding_dim  # the contrastive objective shapes the embedding
         head = nn.Sequential(nn.Linear(fd, fd), nn.ReLU(), nn.Linear(fd, PROJECTION_DIM))
         head.to(device)
         params += list(head.parameters())
@@ -156,7 +156,7 @@ def fit_featurenet(
                 for _ in "ab"
             )
             with amp:
-                za, zb = head(net.features(a)).float(), head(net.features(b)).float()
+                za, zb = head(net.embedding(a)).float(), head(net.embedding(b)).float()
             loss = loss + nt_xent(za, zb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -204,12 +204,14 @@ def retrieval_accuracy(
 ) -> float:
     """How often an augmented view's nearest neighbour (cosine, in feature space) among the
     other views of ``images`` is a view of the same image: the contrastive objective's
-    held-out check (1/N for features that ignore the image)."""
+    held-out check of the embedding it trains (1/N for an embedding that ignores the image)."""
     net.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     x = to_unit_range(images, device)
     a, b = (
-        F.normalize(net.features(contrastive_view(x, gen, max_shift=max_shift, hflip=hflip)), dim=1)
+        F.normalize(
+            net.embedding(contrastive_view(x, gen, max_shift=max_shift, hflip=hflip)), dim=1
+        )
         for _ in "ab"
     )
     nearest = (a @ b.T).argmax(1)  # (N,)

@@ -71,7 +71,9 @@ class DomainFeatures(FeatureExtractor):
             "featurenet_objective": objective,
             "featurenet_holdout_accuracy": meta["holdout_accuracy"],
             "featurenet_holdout_class_accuracy": self.class_accuracy,
-            "feature_dim": meta["kwargs"]["feature_dim"],
+            "feature_dim": self.net.num_features,
+            # the judging space: the embedding alone, or with the first block's statistics
+            "feature_texture": self.net.texture,
             "feature_bf16": self.fast.bf16,
         }
         self.meta = meta

@@ -20,9 +20,12 @@ Protocol (every number in ``eval.json`` comes with it under ``protocol``):
    ``fid_at_floor_samples`` is the model's FID at the same ``m``, so the two compare
    like with like. A model cannot be told from real data when they overlap.
    Negative controls (``ganforge.metrics.controls``: flat colour, noise, blurred and
-   tile-shuffled real images) are scored against the same real half; the stage fails,
-   publishing nothing, when the floor is not above zero or a control scores under
+   tile-shuffled real images, and the subtle three: slightly blurred, a 0.1 checkerboard,
+   0.1 high-frequency noise) are scored against the same real half; the stage fails,
+   publishing nothing, when the floor is not above zero or a gated control scores under
    ``evaluate.control_ratio`` x the floor: such a feature space cannot rank generators.
+   The subtle three are gated from ``SUBTLE_MIN_IMAGES`` (500) images per side, recorded
+   with a warning below it (``protocol.controls_gated`` names those gated).
    A model whose FID at the floor's sample count is at or under the floor, or whose KID's
    interval lies below zero, gets ``separable: false`` ("feature space cannot separate
    these sets"), never a good-model reading; promotion refuses it.
@@ -72,7 +75,14 @@ from ganforge.core.files import atomic_dir, claim_dir, write_metrics
 from ganforge.core.grids import save_grid, write_reports
 from ganforge.core.progress import Timer
 from ganforge.errors import GanforgeError
-from ganforge.metrics.controls import FeatureSpaceError, check_controls, score_controls
+from ganforge.metrics.controls import (
+    CONTROLS,
+    SUBTLE_MIN_IMAGES,
+    FeatureSpaceError,
+    check_controls,
+    gated_controls,
+    score_controls,
+)
 from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
 from ganforge.metrics.headline import EVAL_NAMES
 from ganforge.metrics.scores import fid
@@ -174,7 +184,8 @@ def _features_of(extractor, x: Tensor, idx: np.ndarray, known) -> Tensor:
 def _controls(ep, extractor, real_split, used, real_pool: Tensor, m: int, floor: float, device):
     """Step 5b: the negative controls against the same real half as the floor, at
     nc = min(m, evaluate.control_samples) images (the floor at m is reused when nc = m);
-    raises if the space cannot separate them."""
+    raises if the space cannot separate them -> (scores, the gated controls' names,
+    warnings)."""
     nc = min(m, ep.control_samples)
     other = to_unit_range(real_split.images[used[m : m + nc]], device)
     if nc < m:
@@ -185,16 +196,29 @@ def _controls(ep, extractor, real_split, used, real_pool: Tensor, m: int, floor:
 
     scores = score_controls(extract, fid, real_pool[:nc], floor, other, ep.seed)
     space = extractor.record.get("featurenet") or extractor.record.get("inception_weights")
+    gated = gated_controls(nc)
     try:
         check_controls(
             scores,
             ep.control_ratio,
             f"retrain the feature network (featurenet.steps), evaluate more images "
             f"(evaluate.num_samples; {nc} per side here) or use evaluate.features=inception",
+            gated,
         )
     except FeatureSpaceError as exc:
         raise EvaluationError(f"{space}: {exc}") from None
-    return {"control_samples": nc, **{k: float(f"{v:.5g}") for k, v in scores.items()}}
+    warnings = []
+    if gated != CONTROLS:
+        weak = [k for k in CONTROLS if scores[k] < ep.control_ratio * scores["floor"]]
+        warnings.append(
+            f"the subtle negative controls (slight blur, checkerboard, high-frequency noise) "
+            f"are recorded, not gated: {nc} real images per side is under {SUBTLE_MIN_IMAGES}, "
+            "too few for FID to see them"
+            + (f" ({', '.join(weak)} under {ep.control_ratio:g} x the floor here)" if weak else "")
+            + "; the two-sample test judges such faults"
+        )
+    scores = {"control_samples": nc, **{k: float(f"{v:.5g}") for k, v in scores.items()}}
+    return scores, " ".join(gated), warnings
 
 
 def _protocol(
@@ -281,7 +305,9 @@ def evaluate(
         logits = fake_logits if extractor.logits_meaningful else None
         metrics, floor = distance_scores(ep, real_pool, n_real, fake_f, logits, m)
     with timer("controls_s"):
-        controls = _controls(ep, extractor, real_split, used, real_pool, m, floor, device)
+        controls, gated, control_warnings = _controls(
+            ep, extractor, real_split, used, real_pool, m, floor, device
+        )
 
     # 6-7: precision/recall, then collapse on the basis the feature space supports
     with timer("collapse_pr_s"):
@@ -300,7 +326,7 @@ def evaluate(
             space = extractor.record.get("featurenet_objective", extractor.name)
             metrics.update(recall_verdict(ep, space, metrics["recall"]))
     metrics["negative_controls"] = controls
-    metrics["warnings"] = sample_size_warnings(ep, min(n_real, n_fake))
+    metrics["warnings"] = sample_size_warnings(ep, min(n_real, n_fake)) + control_warnings
 
     # 8-9: judges in pixel space, against images the generator never saw
     splits = {s: real_split if s == ep.real_split else load_split(data_dir, s) for s in SPLITS}
@@ -330,7 +356,7 @@ def evaluate(
         save_grid(closest, tmp / "copying.png", len(pairs))  # generated over their nearest
     metrics["protocol"] = _protocol(
         ep, extractor, manifest, gmeta, generator_path, n_fake, n_real, m, device
-    )
+    ) | {"controls_gated": gated}
     metrics["timing_s"] = timer.seconds()
     write_metrics(metrics_path, metrics, EVAL_NAMES)  # the rest: eval_details.json
     return metrics

@@ -40,7 +40,7 @@ import torch
 from ganforge.config import Params
 from ganforge.core import fastpath
 from ganforge.core.dataset import load_split
-from ganforge.core.device import resolve_device
+from ganforge.core.device import resolve_device, to_unit_range
 from ganforge.core.files import claim_dir, mark_dir, write_json
 from ganforge.core.sources import source
 from ganforge.engine.featurenet import (
@@ -67,6 +67,8 @@ RICH_LABELS = 10
 AUTO_RETRIEVAL_GAIN = 0.5
 # view retrieval is measured among at most this many held-out images
 RETRIEVAL_IMAGES = 1000
+# featurenet.texture: the texture statistics' scale is measured on at most this many images
+TEXTURE_IMAGES = 5000
 
 
 class FeatureNetError(GanforgeError):
@@ -134,6 +136,7 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
         "num_classes": k,
         "width": fp.width,
         "feature_dim": fp.feature_dim,
+        "texture": fp.texture,
     }
     net = FeatureNet(**kwargs).to(device)
     check = hold.images[:RETRIEVAL_IMAGES]
@@ -158,6 +161,10 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
         fast=fast,
     )
     seconds = time.perf_counter() - t0
+    # the texture statistics' weight in the judging space, from a seeded subset of the
+    # training split (the variance of 5,000 images is known to a few percent)
+    pick = np.random.default_rng(fp.seed).permutation(len(train_split.images))[:TEXTURE_IMAGES]
+    texture_scale = net.set_texture_scale(to_unit_range(train_split.images[np.sort(pick)], device))
     names = manifest["class_names"]
     if objective != "contrastive":
         pred = predictions(net, hold.images, device)
@@ -210,6 +217,9 @@ def train_featurenet(params: Params, data_dir: str | Path, out_dir: str | Path) 
     metrics = {
         "objective": objective,
         "objective_reason": why,
+        "texture": fp.texture,
+        "texture_scale": round(texture_scale, 6) if fp.texture else None,
+        "feature_dim": net.num_features,
         "holdout_accuracy": round(score, 5),
         "holdout_accuracy_means": what,
         "holdout_class_accuracy": {
