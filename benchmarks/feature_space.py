@@ -1,6 +1,7 @@
 """Is each feature space fit to score in? The real-data floor and the negative controls.
 
     python -m benchmarks.feature_space [--mnist ../shared/data/mnist] [--only digits,mnist,...]
+        [--scales 0.5,1,2]
 
 For each dataset: prepare it, train the feature network with the default params (its
 objective chosen by ``featurenet.objective: auto``), train a deliberately bad generator
@@ -10,6 +11,11 @@ FID at the floor's sample count: in a usable space the controls and the bad gene
 all far above the floor. Datasets: ``digits`` (16 px, the ``make run`` data), ``mnist``
 (28 px, the real MNIST test set), ``folder2`` (300 colour 32 px photo patches in two class
 folders) and ``folder1`` (200 grey 32 px patches, one class folder).
+
+``--scales``: the feature network is trained at each multiple of its auto budget
+(``featurenet.steps: auto``), the same bad generator scored in each: the auto budget is
+enough when a larger one neither raises the held-out check beyond its sampling error nor
+moves the controls' ratios to the floor.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import torch
 from tests.folders import photo_patches
 
 from ganforge.config import parse_params
+from ganforge.core.dataset import load_split
+from ganforge.engine.featurenet import resolve_steps
 from ganforge.metrics.controls import CONTROLS
 from ganforge.stages.evaluate import EvaluationError, evaluate
-from ganforge.stages.featurenet import train_featurenet
+from ganforge.stages.featurenet import FeatureNetError, train_featurenet
 from ganforge.stages.prepare import prepare
 from ganforge.stages.train import train
 
@@ -42,22 +50,35 @@ def _prepare_raw(name: str, mnist: str, tmp: Path) -> dict:
     return {"source": "imagefolder", "path": str(tmp / "imgs"), "image_size": 32}
 
 
-def run(name: str, mnist: str, bad_steps: int, tmp: Path) -> None:
+def run(name: str, mnist: str, bad_steps: int, tmp: Path, scales: list[float]) -> None:
     raw = {
         "prepare": _prepare_raw(name, mnist, tmp),
         "train": {"steps": bad_steps, "fid_samples": 0},
     }
     params = parse_params(raw)
     prepare(params.prepare, tmp / "prep")
-    t0 = time.perf_counter()
-    fn = train_featurenet(params, tmp / "prep", tmp / "fn")
-    fn_s = time.perf_counter() - t0
+    fp = params.featurenet
+    auto = resolve_steps(fp.steps, len(load_split(tmp / "prep", "train").images), fp.batch_size)
     train(params, tmp / "prep", tmp / "runs", progress=False)
-    args = (tmp / "prep", tmp / "runs/main/generator.pt", tmp / "fn/featurenet.pt")
+    for scale in scales:
+        steps = max(1, round(scale * auto))
+        p = params.model_copy(update={"featurenet": fp.model_copy(update={"steps": steps})})
+        _score(name, p, tmp, tmp / f"fn{scale:g}")
+
+
+def _score(name: str, params, tmp: Path, fn_dir: Path) -> None:
+    t0 = time.perf_counter()
     try:
-        m = evaluate(params, *args, tmp / "m/eval.json", tmp / "reports")
+        fn = train_featurenet(params, tmp / "prep", fn_dir)
+    except FeatureNetError as exc:
+        print(f"| {name} | refused: {exc} |")
+        return
+    fn_s = time.perf_counter() - t0
+    args = (tmp / "prep", tmp / "runs/main/generator.pt", fn_dir / "featurenet.pt")
+    try:
+        m = evaluate(params, *args, fn_dir / "m/eval.json", fn_dir / "reports")
     except EvaluationError as exc:
-        print(f"| {name} | {fn['objective']} | refused: {exc} |")
+        print(f"| {name} | {fn['objective']}, {fn['steps']} steps | refused: {exc} |")
         return
     c = m["negative_controls"]
     ratios = " | ".join(f"{c[k]:.4g} ({c[k] / c['floor']:.1f}x)" for k in CONTROLS)
@@ -77,7 +98,9 @@ def main() -> None:
     )
     ap.add_argument("--only", default="digits,mnist,folder2,folder1")
     ap.add_argument("--bad-steps", type=int, default=20)
+    ap.add_argument("--scales", default="1", help="multiples of the auto featurenet budget")
     args = ap.parse_args()
+    scales = [float(v) for v in args.scales.split(",")]
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
     )
@@ -88,7 +111,7 @@ def main() -> None:
     print("|---" * (7 + len(CONTROLS) - 1) + "|")
     for name in args.only.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            run(name, args.mnist, args.bad_steps, Path(tmp))
+            run(name, args.mnist, args.bad_steps, Path(tmp), scales)
 
 
 if __name__ == "__main__":

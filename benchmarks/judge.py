@@ -3,7 +3,7 @@ generators of graded quality, each scored by the evaluate stage, and each score'
 agreement (Spearman) with the classifier two-sample test's accuracy.
 
     python -m benchmarks.judge [--data digits mnist] [--mnist ../shared/data/mnist]
-        [--ladder cdcgan:100 cdcgan:300 ...] [--budget]
+        [--ladder cdcgan:100 cdcgan:300 ...] [--budget] [--work DIR] [--no-texture]
 
 Per dataset: prepare, the feature network (defaults), then every ladder rung (family:steps,
 default params otherwise, keep: last) trained and evaluated with the default evaluate
@@ -13,8 +13,9 @@ a markdown table, then the rank agreement of each score with the two-sample accu
 recall, density and coverage rise). ``--budget`` re-runs the two-sample test of every rung
 with twice the width and twice the steps, to show whether the default critic has
 converged: its accuracy should not rise beyond its interval.
-Controls: blurred, checkerboard and high-frequency-noise copies of held-out images, scored
-by FID in the feature space (against the floor) and by the two-sample test.
+Controls: the evaluate stage's subtle negative controls (slight blur, a 0.1 checkerboard, 0.1
+high-frequency noise on real images), scored by FID in the feature space (against the floor)
+and by the two-sample test.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from ganforge.config import parse_params
 from ganforge.core.dataset import load_split
 from ganforge.core.device import to_unit_range
+from ganforge.metrics.controls import control_images
 from ganforge.metrics.features import DomainFeatures
 from ganforge.metrics.scores import fid
 from ganforge.metrics.twosample import c2st
@@ -50,35 +51,25 @@ LADDER = ["cdcgan:100", "cdcgan:300", "cdcgan:1000", "cdcgan:2600", "dcgan:1000"
 SCORES = {"fid": -1, "fid_over_floor": -1, "kid_mean": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1}
 
 
-def controls(real: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    """Copies of real images with what a pixel-space judge sees at once."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = real.shape[-2:]
-    board = ((torch.arange(h)[:, None] + torch.arange(w)[None]) % 2 * 2 - 1).float()
-    blur = F.avg_pool2d(F.pad(real, (1, 1, 1, 1), mode="replicate"), 3, 1)
-    return {
-        "slight blur": 0.5 * real + 0.5 * blur,
-        "checkerboard 0.1": (real + 0.1 * board).clamp(-1, 1),
-        "high-freq noise 0.1": (real + 0.1 * torch.randn(real.shape, generator=g)).clamp(-1, 1),
-    }
-
-
-def run_dataset(name: str, mnist: Path, ladder: list[str], budget: bool, work: Path) -> list[dict]:
-    base = parse_params({"prepare": DATA[name](mnist)}, "judge")
+def run_dataset(name: str, mnist: Path, ladder: list[str], budget: bool, work: Path, texture: bool = True) -> list[dict]:
+    base = parse_params({"prepare": DATA[name](mnist), "featurenet": {"texture": texture}}, "judge")
     data, fn = work / name / "data", work / name / "featurenet"
-    prepare(base.prepare, data)
-    train_featurenet(base, data, fn)
+    if not (data / "manifest.json").exists():  # --work: what a previous run left is reused
+        prepare(base.prepare, data)
+    if not (fn / "featurenet.pt").exists():
+        train_featurenet(base, data, fn)
     rows = []
     for rung in ladder:
         family, steps = rung.split(":")
-        raw = {"prepare": DATA[name](mnist), "train": {"model": family, "steps": int(steps), "keep": "last", "run_name": f"r{len(rows)}"}}
+        raw = {"prepare": DATA[name](mnist), "featurenet": {"texture": texture}, "train": {"model": family, "steps": int(steps), "keep": "last", "run_name": f"r{len(rows)}"}}
         params = parse_params(raw, "judge")
-        t0 = time.perf_counter()
-        train(params, data, work / name / "runs", progress=False, featurenet=fn / "featurenet.pt")
-        train_s = time.perf_counter() - t0
         gen = work / name / "runs" / f"r{len(rows)}" / "generator.pt"
+        t0, train_s = time.perf_counter(), None
+        if not gen.exists():
+            train(params, data, work / name / "runs", progress=False, featurenet=fn / "featurenet.pt")
+            train_s = round(time.perf_counter() - t0, 1)
         m = evaluate(params, data, gen, fn / "featurenet.pt", work / name / f"e{len(rows)}.json", work / name / f"rep{len(rows)}")
-        row = {"dataset": name, "rung": rung, "train_s": round(train_s, 1), "eval_s": m["timing_s"]["total_s"],
+        row = {"dataset": name, "rung": rung, "train_s": train_s, "eval_s": m["timing_s"]["total_s"],
                "two_sample_s": m["timing_s"]["two_sample_s"],
                **{k: m[k] for k in ("c2st_accuracy", "c2st_ci95", "c2st_null_accuracy", "copying", "copying_z_pixel", "fid", "fid_at_floor_samples", "fid_floor", *SCORES)},
                "c2st_steps": m["c2st_protocol"]["steps"]}
@@ -103,7 +94,8 @@ def run_dataset(name: str, mnist: Path, ladder: list[str], budget: bool, work: P
     ex = DomainFeatures(fn / "featurenet.pt", torch.device("cpu"), ep.batch_size)
     feat = lambda x: ex(x)[0].cpu()  # noqa: E731
     floor = fid(feat(hold), feat(other))
-    for cname, images in controls(other, 0).items():
+    for i, cname in enumerate(("slight_blur", "checkerboard", "hf_noise")):
+        images = control_images(cname, other, i)
         r = c2st(hold, images, seed=0)
         print(json.dumps({"dataset": name, "control": cname, "fid": round(fid(feat(hold), feat(images)), 4),
                           "floor_same_n": round(floor, 4), "c2st_accuracy": round(r["accuracy"], 4),
@@ -119,6 +111,8 @@ def agreement(rows: list[dict]) -> dict[str, float]:
     for k, sign in SCORES.items():
         rho = spearmanr([-sign * r[k] for r in rows], acc).statistic  # both: higher = worse
         out[k] = round(float(rho), 3)
+    if all("c2st_2x" in r for r in rows):  # the ceiling: how well the test agrees with itself
+        out["two_sample_2x_critic"] = round(float(spearmanr([r["c2st_2x"] for r in rows], acc).statistic), 3)
     return out
 
 
@@ -128,9 +122,13 @@ def main() -> None:
     ap.add_argument("--mnist", type=Path, default=MNIST)
     ap.add_argument("--ladder", nargs="+", default=LADDER)
     ap.add_argument("--budget", action="store_true", help="re-run the two-sample test at 2x width and steps")
+    ap.add_argument("--work", type=Path, help="keep data, feature network and generators here (and reuse those already "
+                    "there: delete featurenet/ to re-score the same generators in a new feature space)")
+    ap.add_argument("--no-texture", action="store_true", help="judge in the feature network's embedding alone (featurenet.texture: false)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        all_rows = {d: run_dataset(d, args.mnist, args.ladder, args.budget, Path(tmp)) for d in args.data}
+        work = args.work or Path(tmp)
+        all_rows = {d: run_dataset(d, args.mnist, args.ladder, args.budget, work, not args.no_texture) for d in args.data}
     print("\n| data | rung | train s | two-sample accuracy [95%] | null | 2x critic | copying (z pixel) | FID | FID/floor (like for like) | KID | precision | recall | density | coverage |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d, rows in all_rows.items():
