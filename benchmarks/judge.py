@@ -11,7 +11,7 @@ params (so the two-sample test is the pipeline's own). Printed: a JSON line per 
 a markdown table, then the rank agreement of each score with the two-sample accuracy
 (signs so that +1 = same order: FID, KID and FID/floor fall as quality rises, precision,
 recall, density and coverage rise). ``--budget`` re-runs the two-sample test of every rung
-with twice the width and twice the steps, to show whether the default critic has
+with twice the width and twice the (resolved) steps, to show whether the default critic has
 converged: its accuracy should not rise beyond its interval.
 Controls: the evaluate stage's subtle negative controls (slight blur, a 0.1 checkerboard, 0.1
 high-frequency noise on real images), scored by FID in the feature space (against the floor)
@@ -81,7 +81,8 @@ def run_dataset(name: str, mnist: Path, ladder: list[str], budget: bool, work: P
             G, meta = load_generator(gen, torch.device("cpu"))
             y = torch.as_tensor(load_split(data, "holdout").labels) if meta["conditional"] else None
             fake = generate(G, len(hold), meta["generator_kwargs"]["latent_dim"], y, 500, torch.device("cpu"), 0)
-            big = c2st(hold, fake, width=32, steps=3000, seed=0)
+            n2 = m["c2st_protocol"]["n_per_side"]  # the test's own n, twice its steps and width
+            big = c2st(hold[:n2], fake[:n2], width=32, steps=2 * row["c2st_steps"], seed=0)
             row["c2st_2x"] = round(big["accuracy"], 4)
             row["c2st_2x_ci95"] = [round(v, 4) for v in big["ci95"]]
         print(json.dumps(row), flush=True)

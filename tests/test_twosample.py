@@ -12,7 +12,14 @@ from ganforge.core.dataset import load_split
 from ganforge.core.device import to_unit_range
 from ganforge.metrics.promotion import Candidate, decide
 from ganforge.metrics.scores import density_coverage
-from ganforge.metrics.twosample import c2st, c2st_many, copying_z, nearest_distances, wilson
+from ganforge.metrics.twosample import (
+    auto_steps,
+    c2st,
+    c2st_many,
+    copying_z,
+    nearest_distances,
+    wilson,
+)
 
 from .conftest import tiny_params
 
@@ -45,7 +52,17 @@ def test_real_against_real_cannot_be_told_apart(digits):
     result = c2st(train[:400], train[400:800], seed=0)
     lo, hi = result["ci95"]
     assert lo <= 0.5 <= hi, result
-    assert result["n_per_side"] == 400 and result["folds"] == 3 and result["steps"] == 1500
+    # the default budget is auto: 400 passes over each critic's 533 training rows
+    assert result["n_per_side"] == 400 and result["folds"] == 3 and result["steps"] == 3334
+
+
+def test_the_auto_budget_grows_with_the_images_a_critic_trains_on():
+    """1,500 steps had converged on digits (180 a side) but not on MNIST (1,000 a side:
+    0.614 at 1,500 steps, 0.68-0.70 at 6,000), so the budget is passes, not steps."""
+    assert auto_steps(180, 3, 64) == 1500  # digits, the make run default: as measured
+    assert auto_steps(1000, 3, 64) == 8334  # MNIST
+    assert auto_steps(20, 3, 64) == 1500  # never fewer than the digits budget
+    assert auto_steps(1000, 3, 128) == 4167
 
 
 def test_noise_and_a_constant_generator_are_told_apart_always(digits):

@@ -170,7 +170,7 @@ class EvaluateParams(_Section):
     min_recall: float = Field(0.2, ge=0.0, le=1.0)
     two_sample_samples: int = Field(1000, ge=4, le=100_000)
     two_sample_width: int = Field(16, ge=4, le=256)
-    two_sample_steps: int = Field(1500, ge=1, le=1_000_000)
+    two_sample_steps: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = "auto"
     two_sample_folds: int = Field(3, ge=2, le=20)
     copying_z: float = Field(3.0, gt=0.0, le=100.0)
     copying_reference: int = Field(5000, ge=2, le=1_000_000)

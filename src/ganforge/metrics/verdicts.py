@@ -174,9 +174,9 @@ def two_sample_verdict(
     them apart" measures as on this data. n per side: the held-out split, at most
     ``evaluate.two_sample_samples``."""
     n = min(len(holdout), ep.two_sample_samples, len(fake))
-    settings = dict(
-        folds=ep.two_sample_folds, steps=ep.two_sample_steps, width=ep.two_sample_width, seed=seed
-    )
+    # auto: by the model test's n (the null's critics train beside them, as long)
+    steps = None if ep.two_sample_steps == "auto" else ep.two_sample_steps
+    settings = dict(folds=ep.two_sample_folds, steps=steps, width=ep.two_sample_width, seed=seed)
     if n < 2 * ep.two_sample_folds:  # too few images to hold out a fold of each side
         reason = f"not run: {n} images per side, fewer than 2 x evaluate.two_sample_folds"
         keys = ("c2st_accuracy", "c2st_ci95_low", "c2st_ci95_high", "c2st_null_accuracy")
@@ -200,6 +200,8 @@ def two_sample_verdict(
             "batch_size": model["batch_size"],
             "lr": model["lr"],
             **settings,
+            "steps": model["steps"],  # as resolved
+            "steps_setting": ep.two_sample_steps,
         },
     }
 
