@@ -94,9 +94,12 @@ class FeatureNet(nn.Module):
         stats = torch.cat([a.mean(dim=(2, 3)), a.std(dim=(2, 3))], dim=1)
         return self.embed(self.body[3:](first)), stats
 
-    def features(self, x: Tensor) -> Tensor:
-        emb, stats = self._parts(x)  # (N, num_features): the judging space
+    def _judging(self, emb: Tensor, stats: Tensor | None) -> Tensor:
+        """The judging features (N, num_features) from ``_parts``' two halves."""
         return emb if stats is None else torch.cat([emb.float(), stats * self.texture_scale], 1)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self._judging(*self._parts(x))  # (N, num_features): the judging space
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.embedding(x))  # (N, num_classes) logits
@@ -104,10 +107,7 @@ class FeatureNet(nn.Module):
     @torch.no_grad()
     def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         emb, stats = self._parts(x)
-        logits = self.classifier(emb)
-        if stats is None:
-            return emb, logits
-        return torch.cat([emb.float(), stats * self.texture_scale], 1), logits
+        return self._judging(emb, stats), self.classifier(emb)
 
     @torch.no_grad()
     def set_texture_scale(self, images: Tensor, batch: int = 1000) -> float:
