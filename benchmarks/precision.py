@@ -7,9 +7,22 @@ For each dataset (the embedded digits at 16 px; the real MNIST test set at 28 px
 pipeline's stages run twice from the same prepared data with the default params: once with
 every ``bf16`` and ``channels_last`` key false (featurenet, train, evaluate: fp32, contiguous),
 once with them ``auto``. Each run is scored in its own feature space, as a user's run
-would be. Printed: FID with its 95% interval, floor, precision, recall, the stage seconds,
-and whether the auto run's FID lies inside the fp32 run's interval (the acceptance rule).
-``--steps`` overrides ``train.steps`` (the slow test uses fewer on MNIST).
+would be, and then each generator is judged by the other run's judge, because the two
+questions have different yardsticks:
+
+- ``judge_unchanged``: the fp32 generator judged by the auto judge (bf16 feature network,
+  bf16 evaluation) scores inside the fp32 judge's 95% interval. This is a measurement of the
+  same generator, so the sampling interval is the right yardstick.
+- ``no_quality_cost``: the auto-trained generator judged by the fp32 judge scores no worse
+  than the top of the fp32 generator's interval. Two GAN runs that differ in the last bits
+  part ways, as two training seeds do (digits, default params, fp32, one judge: seeds 0/1/2
+  scored 19.92 / 15.66 / 27.03), so a better auto run is no defect and only a worse one is.
+
+The own-space comparison (``auto_inside_fp32_interval``) is printed too, but it mixes both
+effects with the feature network's own run-to-run change (the same generator scored 19.92 /
+14.98 / 25.67 under feature networks of seeds 0/1/2), so it is no acceptance rule.
+Printed: FID with its 95% interval, floor, precision, recall, the stage seconds, the cross
+judgements and the rules. ``--steps`` overrides ``train.steps``.
 """
 
 from __future__ import annotations
@@ -60,21 +73,44 @@ def run_pipeline(raw: dict[str, Any], data: Path, work: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def judge(raw: dict[str, Any], data: Path, generator: Path, work: Path, out: Path) -> dict:
+    """One generator scored by the judge (feature network + evaluation) of run ``work``."""
+    m = evaluate(
+        parse_params(raw, "benchmark"), data, generator, work / "fn/featurenet.pt",
+        out / "eval.json", out / "reports",
+    )  # fmt: skip
+    return {"fid": m["fid"], "fid_ci95": m["fid_ci95"], "fid_floor": m["fid_floor"]}
+
+
 def compare(dataset: str, mnist: Path | None, steps: int | None, tmp: Path) -> dict[str, Any]:
-    """fp32 then auto on one dataset; ``auto_inside_fp32_interval`` is the acceptance rule."""
+    """fp32 then auto on one dataset, then each generator under the other run's judge;
+    ``judge_unchanged`` and ``no_quality_cost`` are the acceptance rules (module doc)."""
     prep = parse_params({"prepare": SOURCES[dataset](mnist)}).prepare
-    prepare(prep, tmp / dataset / "data")
+    data, work = tmp / dataset / "data", tmp / dataset
+    prepare(prep, data)
     out: dict[str, Any] = {"dataset": dataset, "steps": steps or "default"}
+    raw = {}
     for name, keys in (("fp32", FP32), ("auto", AUTO)):
-        raw = {
+        raw[name] = {
             "prepare": prep.model_dump(),
             "train": {**keys, "device": "cpu", **({"steps": steps} if steps else {})},
             "featurenet": {**keys, "device": "cpu"},
             "evaluate": {**keys, "device": "cpu"},
         }
-        out[name] = run_pipeline(raw, tmp / dataset / "data", tmp / dataset / name)
+        out[name] = run_pipeline(raw[name], data, work / name)
         print(json.dumps({dataset: {name: out[name]}}), flush=True)
+    # each generator under the other run's judge (its feature network and its precision)
+    generator = "runs/main/generator.pt"
+    out["fp32_generator_auto_judge"] = judge(
+        raw["auto"], data, work / "fp32" / generator, work / "auto", work / "cross_fp32_gen"
+    )
+    out["auto_generator_fp32_judge"] = judge(
+        raw["fp32"], data, work / "auto" / generator, work / "fp32", work / "cross_auto_gen"
+    )
+    print(json.dumps({dataset: {k: out[k] for k in out if "judge" in k}}), flush=True)
     lo, hi = out["fp32"]["fid_ci95"]
+    out["judge_unchanged"] = bool(lo <= out["fp32_generator_auto_judge"]["fid"] <= hi)
+    out["no_quality_cost"] = bool(out["auto_generator_fp32_judge"]["fid"] <= hi)
     out["auto_inside_fp32_interval"] = bool(lo <= out["auto"]["fid"] <= hi)
     return out
 

@@ -114,18 +114,20 @@ def test_onnx_threads_one_for_a_cheap_generator_all_cores_for_a_costly_one(tiny_
 
 
 @pytest.mark.slow
-def test_auto_fid_stays_inside_the_fp32_interval_on_digits(tmp_path):
+def test_auto_costs_no_quality_and_leaves_the_judge_unchanged_on_digits(tmp_path):
     """The default pipeline (feature network, training, evaluation) with ``auto`` vs all fp32,
-    default params: the auto run's FID lies inside the fp32 run's 95% interval. MNIST at
-    28 px was measured the same way (inside, at the then-default 3,000 dcgan steps) with
-    ``python -m benchmarks.precision``, and is left to that benchmark to keep the suite's time.
-    (Not so mid-run: at 1,000 steps on MNIST, while the FID still fell fast, auto gave 13.8194
-    against fp32's 13.1815 [12.8199, 13.6691]: two GAN runs that differ in the last bits part
-    ways mid-run; benchmarks/RESULTS.md.)"""
+    default params, and each generator under the other run's judge: the fp32 generator
+    judged by the bf16 judge lies inside the fp32 judge's 95% interval, and the bf16-trained
+    generator judged by the fp32 judge is no worse than that interval's top. (Each run in
+    its own space is no rule: the feature network's seed alone moves the same generator's FID
+    from 14.98 to 25.67 on digits, and training seeds 0/1/2 score 19.92 / 15.66 / 27.03 under
+    one judge; benchmarks/RESULTS.md. MNIST is left to ``python -m benchmarks.precision``.)"""
     from benchmarks.precision import compare
 
     out = compare("digits", None, None, tmp_path)
     if out["auto"]["fast_path"]["bf16"] is False:
         pytest.skip("this CPU has no native bf16: auto runs fp32, nothing to compare")
-    assert out["auto_inside_fp32_interval"], (out["fp32"], out["auto"])
+    where = {k: out[k] for k in ("fp32", "fp32_generator_auto_judge", "auto_generator_fp32_judge")}
+    assert out["judge_unchanged"], where
+    assert out["no_quality_cost"], where
     assert out["auto"]["mode_collapse"] == out["fp32"]["mode_collapse"] is False
