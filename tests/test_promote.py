@@ -65,6 +65,7 @@ def run_factory(uri: str, tmp_path, monkeypatch, tiny_onnx):
         collapse: bool = False,
         parity: bool = True,
         data: str = "d1",
+        space: str | None = "fn1",
     ):
         run_dir = tmp_path / f"run{i}"
         run_dir.mkdir()
@@ -82,6 +83,8 @@ def run_factory(uri: str, tmp_path, monkeypatch, tiny_onnx):
             "precision": 0.5, "recall": 0.5, "class_coverage": 1.0, "mode_collapse": collapse,
             "protocol": {"generator_sha256": sha, "generator_family": "dcgan", "dataset": "digits", "data_sha256": data},
         }  # fmt: skip
+        if space is not None:  # None: an eval.json from before ganforge recorded the space
+            metrics["protocol"].update(features="featurenet", featurenet_sha256=space)
         (run_dir / "eval.json").write_text(json.dumps(metrics))
         exported = {
             "parity_max_abs_diff": 1e-7 if parity else 1e-2,
@@ -261,6 +264,23 @@ def test_other_data_is_never_compared_with_the_champion(registry):
     assert not other["promote"] and "trained on other data than champion v1" in other["reason"]
 
 
+def test_fids_from_another_feature_space_are_never_compared(registry):
+    """A generator judged by another feature network (here: one far better on paper) does
+    not take the alias, nor does one whose space is unrecorded; the same space competes."""
+    from ganforge.metrics.promotion import _feature_space
+
+    assert do_promote(registry(1, 50.0, space="aaaa"))["promote"]
+    other = do_promote(registry(2, 10.0, space="bbbb"))
+    assert not other["promote"] and "another feature space than champion v1" in other["reason"]
+    assert "featurenet:bbbb vs featurenet:aaaa" in other["reason"]
+    unknown = do_promote(registry(3, 10.0, space=None))
+    assert not unknown["promote"] and "not recorded vs featurenet:aaaa" in unknown["reason"]
+    assert do_promote(registry(4, 10.0, space="aaaa"))["promote"]
+    assert _feature_space({"features": "inception", "inception_sha256": "f" * 64}) == (
+        "inception:" + "f" * 64
+    )
+
+
 @pytest.mark.slow
 def test_killed_at_every_step_promote_converges(registry):
     """SIGKILL after registering, after deciding, after moving the alias: each rerun completes
@@ -326,7 +346,8 @@ def test_candidate_from_files_round_trips_through_the_registry_tags(tmp_path):
           "c2st_ci95_low": 0.75, "c2st_ci95_high": 0.85, "c2st_null_accuracy": 0.5,
           "copying": False, "copying_z_pixel": 4.0, "copying_z_feature": 3.0,
           "protocol": {"generator_sha256": "g", "generator_family": "dcgan", "dataset": "digits",
-                       "data_sha256": "d"}}  # fmt: skip
+                       "data_sha256": "d", "features": "featurenet",
+                       "featurenet_sha256": "f"}}  # fmt: skip
     ex = {"parity_max_abs_diff": 2e-7, "parity_tolerance": 1e-4, "generator_sha256": "g",
           "onnx_sha256": "o", "mlflow_run_id": "r", "mlflow_model_uri": "models:/m/1"}  # fmt: skip
     (tmp_path / "eval.json").write_text(json.dumps(ev))
@@ -343,6 +364,7 @@ def test_candidate_from_files_round_trips_through_the_registry_tags(tmp_path):
     assert all(isinstance(v, str) for v in tags.values())
     assert set(RECORDED) <= set(tags)  # every recorded headline number is on the version
     assert Candidate.from_tags("3", tags) == Candidate(**{**new.__dict__, "version": "3"})
+    assert new.feature_space == "featurenet:f"
     assert decide(new, None).promote
 
 

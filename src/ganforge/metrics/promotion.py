@@ -38,6 +38,11 @@ class Candidate:
     mode_collapse: bool | None  # None: not assessed (the reason is in collapse_basis)
     parity_passed: bool
     data_sha256: str | None = None  # the prepared data it was trained and judged on
+    # the feature space its FID was measured in: "featurenet:<sha256>" or "inception:<sha256>"
+    # (None: evaluated before ganforge recorded it). The same generator on digits scored FID
+    # 14.98 / 19.92 / 25.67 under feature networks of three seeds, so FIDs from two spaces
+    # are never compared.
+    feature_space: str | None = None
     # False: its FID is at or under the real-data floor in its feature space (no evidence)
     separable: bool = True
     collapse_basis: str = ""  # what the collapse verdict rests on (or why there is none)
@@ -84,6 +89,7 @@ class Candidate:
             mode_collapse=collapse,
             parity_passed=diff <= _need(e, export_path, "parity_tolerance", float),
             data_sha256=_need(m, eval_path, "protocol.data_sha256", str),
+            feature_space=_feature_space(m.get("protocol")),
             separable=m.get("separable") is not False,
             c2st_ci95=_interval(m.get("c2st_ci95_low"), m.get("c2st_ci95_high")),
             copying=m.get("copying") if isinstance(m.get("copying"), bool) else None,
@@ -116,6 +122,7 @@ class Candidate:
             mode_collapse_basis=self.collapse_basis,
             parity_passed=flag[self.parity_passed],
             data_sha256=self.data_sha256 or "",
+            feature_space=self.feature_space or "",
             generator_sha256=self.generator_sha256,
             onnx_sha256=self.onnx_sha256,
             run_id=self.run_id,
@@ -139,6 +146,7 @@ class Candidate:
             mode_collapse={"true": True, "false": False}.get(tags.get("mode_collapse", "")),
             parity_passed=tags.get("parity_passed") == "true",
             data_sha256=tags.get("data_sha256"),
+            feature_space=tags.get("feature_space") or None,  # versions before the record
             separable=tags.get("separable", "true") != "false",  # versions before the check
             c2st_ci95=_interval(tags.get("c2st_ci95_low"), tags.get("c2st_ci95_high")),
             copying={"true": True, "false": False}.get(tags.get("copying", "")),
@@ -152,6 +160,18 @@ class Candidate:
 
 # recorded headline numbers the candidate holds as typed fields (the rest go to ``scores``)
 TYPED = ("fid", "fid_ci95_low", "fid_ci95_high", "separable", "mode_collapse", "copying")
+
+
+def _feature_space(protocol: Any) -> str | None:
+    """Which feature space an evaluation's FID was measured in, from its protocol: the
+    feature network's sha256, or the Inception weights' (None: not recorded)."""
+    if not isinstance(protocol, dict):
+        return None
+    if isinstance(protocol.get("featurenet_sha256"), str):
+        return f"featurenet:{protocol['featurenet_sha256']}"
+    if protocol.get("features") == "inception":
+        return f"inception:{protocol.get('inception_sha256') or 'torch-fidelity download'}"
+    return None
 
 
 def _interval(lo: Any, hi: Any) -> tuple[float, float] | None:
@@ -207,6 +227,18 @@ def decide(new: Candidate, champion: Candidate | None) -> Decision:
             f"trained on other data than champion v{champion.version} (data sha256 "
             f"{str(new.data_sha256)[:12]} vs {str(champion.data_sha256)[:12]}): FIDs on "
             "different data are not compared; give each dataset its own prepare.name",
+        )
+    if new.feature_space != champion.feature_space:
+        spaces = " vs ".join(
+            (space or "not recorded")[:24] for space in (new.feature_space, champion.feature_space)
+        )
+        return Decision(
+            False,
+            f"judged in another feature space than champion v{champion.version} ({spaces}): "
+            "FIDs from two feature networks are not compared (one generator scored 14.98-25.67 "
+            "under three feature-network seeds on digits); evaluate with the feature network "
+            "the champion was judged by, start a new registry line "
+            "(mlflow.registered_model_prefix), or remove the champion alias in MLflow",
         )
     if new.c2st_ci95 and champion.c2st_ci95 and new.c2st_ci95[0] > champion.c2st_ci95[1]:
         (lo, hi), (c_lo, c_hi) = new.c2st_ci95, champion.c2st_ci95
