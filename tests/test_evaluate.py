@@ -8,6 +8,7 @@ from torch import nn
 
 from ganforge.core.dataset import load_split
 from ganforge.core.device import to_unit_range as to_float
+from ganforge.core.files import read_csv
 from ganforge.errors import ConfigError
 from ganforge.metrics.featurenet import load_featurenet
 from ganforge.metrics.features import InceptionFeatures
@@ -313,7 +314,8 @@ def test_inception_weights_must_be_plain_tensors(tmp_path):
 
 @pytest.mark.slow
 def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
-    """The `make run` model (default params: cdcgan + R1, 2,600 steps) and the default feature
+    """The `make run` model (default params: cdcgan + R1, 2,600 steps, the FID probe shipping
+    the best step) and the default feature
     network: full class coverage, no collapse flag, and FID at the floor's sample size far
     nearer the floor than the weak generators of the judge ladder (RESULTS.md, texture
     space: 2,600 steps 17.6x the floor, 300 steps 152x, an MLP GAN 85x). Issue 15's
@@ -325,9 +327,19 @@ def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
 
     from .conftest import ROOT
 
-    params = load_params(ROOT / "params.yaml", ["train.fid_samples=0", "evaluate.bootstrap=50"])
+    params = load_params(ROOT / "params.yaml")  # every default: the FID probe and keep-best too
     train_featurenet(params, digits_dir, tmp_path / "fn")
-    train(params, digits_dir, tmp_path / "runs", progress=False)
+    summary = train(
+        params,
+        digits_dir,
+        tmp_path / "runs",
+        progress=False,
+        featurenet=tmp_path / "fn/featurenet.pt",
+    )
+    curve = [
+        (int(r["step"]), float(r["fid"])) for r in read_csv(tmp_path / "runs/main/fid_history.csv")
+    ]
+    assert len(curve) >= 5 and summary["shipped_step"] == min(curve, key=lambda c: c[1])[0], curve
     m = evaluate(
         params,
         digits_dir,
@@ -342,3 +354,4 @@ def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
     )
     assert m["fid_over_floor"] <= 30, (m["fid_at_floor_samples"], m["fid_floor"])
     assert m["protocol"]["feature_texture"] is True and m["separable"] is True
+    assert m["protocol"]["generator_step"] == summary["shipped_step"]
