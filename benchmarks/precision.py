@@ -13,14 +13,17 @@ questions have different yardsticks:
 - ``judge_unchanged``: the fp32 generator judged by the auto judge (bf16 feature network,
   bf16 evaluation) scores inside the fp32 judge's 95% interval. This is a measurement of the
   same generator, so the sampling interval is the right yardstick.
-- ``no_quality_cost``: the auto-trained generator judged by the fp32 judge scores no worse
-  than the top of the fp32 generator's interval. Two GAN runs that differ in the last bits
-  part ways, as two training seeds do (digits, default params, fp32, one judge: seeds 0/1/2
-  scored 19.92 / 15.66 / 27.03), so a better auto run is no defect and only a worse one is.
+- ``within_seed_spread``: the auto-trained generator judged by the fp32 judge scores at most
+  ``SEED_RATIO`` times the fp32 generator's FID. Two GAN runs that differ in the last bits
+  part ways as two training seeds do, so one pair cannot be held to a sampling interval: on
+  digits (default params, one fp32 judge, ``python -m benchmarks.seed_spread``) fp32 seeds
+  0/1/2 scored 12.29 / 13.26 / 18.56 and auto seeds 14.24 / 14.31 / 17.20. The rule catches
+  a fast path that breaks training; whether it costs quality on average is the seed
+  benchmark's question, not one pair's.
 
 The own-space comparison (``auto_inside_fp32_interval``) is printed too, but it mixes both
-effects with the feature network's own run-to-run change (the same generator scored 19.92 /
-14.98 / 25.67 under feature networks of seeds 0/1/2), so it is no acceptance rule.
+effects with the feature network's own run-to-run change (the same generator scored 12.29 /
+9.38 / 15.34 under feature networks of seeds 0/1/2), so it is no acceptance rule.
 Printed: FID with its 95% interval, floor, precision, recall, the stage seconds, the cross
 judgements and the rules. ``--steps`` overrides ``train.steps``.
 """
@@ -42,6 +45,9 @@ from ganforge.stages.featurenet import train_featurenet
 from ganforge.stages.prepare import prepare
 from ganforge.stages.train import train
 
+# worst over best FID of three fp32 training seeds of the default recipe under one judge
+# (digits: 18.5587 / 12.2943; benchmarks/RESULTS.md)
+SEED_RATIO = 1.5
 FP32 = {"bf16": False, "channels_last": False}
 AUTO = {"bf16": "auto", "channels_last": "auto"}
 SOURCES = {
@@ -57,7 +63,10 @@ def run_pipeline(raw: dict[str, Any], data: Path, work: Path) -> dict[str, Any]:
     fn = train_featurenet(params, data, work / "fn")
     times["featurenet_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    summary = train(params, data, work / "runs", progress=False)
+    # with the feature network, as the pipeline does: the FID probe, and keep-best ships its best
+    summary = train(
+        params, data, work / "runs", progress=False, featurenet=work / "fn/featurenet.pt"
+    )
     times["train_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     m = evaluate(
@@ -69,7 +78,8 @@ def run_pipeline(raw: dict[str, Any], data: Path, work: Path) -> dict[str, Any]:
         "fid": m["fid"], "fid_ci95": m["fid_ci95"], "fid_floor": m["fid_floor"],
         "precision": m["precision"], "recall": m["recall"], "mode_collapse": m["mode_collapse"],
         "featurenet_holdout_accuracy": fn["holdout_accuracy"], "fast_path": summary["fast_path"],
-        "img_per_s": summary["img_per_s"], **times,
+        "img_per_s": summary["img_per_s"], "shipped_step": summary["shipped_step"],
+        "best_probe_step": summary["best_probe_step"], **times,
     }  # fmt: skip
 
 
@@ -84,7 +94,7 @@ def judge(raw: dict[str, Any], data: Path, generator: Path, work: Path, out: Pat
 
 def compare(dataset: str, mnist: Path | None, steps: int | None, tmp: Path) -> dict[str, Any]:
     """fp32 then auto on one dataset, then each generator under the other run's judge;
-    ``judge_unchanged`` and ``no_quality_cost`` are the acceptance rules (module doc)."""
+    ``judge_unchanged`` and ``within_seed_spread`` are the acceptance rules (module doc)."""
     prep = parse_params({"prepare": SOURCES[dataset](mnist)}).prepare
     data, work = tmp / dataset / "data", tmp / dataset
     prepare(prep, data)
@@ -110,7 +120,9 @@ def compare(dataset: str, mnist: Path | None, steps: int | None, tmp: Path) -> d
     print(json.dumps({dataset: {k: out[k] for k in out if "judge" in k}}), flush=True)
     lo, hi = out["fp32"]["fid_ci95"]
     out["judge_unchanged"] = bool(lo <= out["fp32_generator_auto_judge"]["fid"] <= hi)
-    out["no_quality_cost"] = bool(out["auto_generator_fp32_judge"]["fid"] <= hi)
+    ratio = out["auto_generator_fp32_judge"]["fid"] / out["fp32"]["fid"]
+    out["auto_over_fp32"] = round(ratio, 4)
+    out["within_seed_spread"] = bool(ratio <= SEED_RATIO)
     out["auto_inside_fp32_interval"] = bool(lo <= out["auto"]["fid"] <= hi)
     return out
 

@@ -2,9 +2,14 @@
 seeds, each judged under feature networks trained at several seeds.
 
     python -m benchmarks.seed_spread [--data digits mnist] [--mnist ../shared/data/mnist]
-        [--train-seeds 0 1 2] [--featurenet-seeds 0 1 2] [--work DIR]
+        [--train-seeds 0 1 2] [--featurenet-seeds 0 1 2] [--train-precision fp32|auto]
+        [--work DIR]
 
-Default params throughout (fp32, contiguous, so the spread is the seeds' alone). Printed: a
+Default params throughout (fp32, contiguous, so the spread is the seeds' alone), and as in
+the pipeline every generator trains with the first feature network as its FID probe
+(``train.keep: best`` ships the probe's best step). ``--train-precision auto`` trains the
+generators with ``train.bf16`` / ``channels_last`` auto, judged by the same fp32 feature
+networks: the fast path's cost in quality, against the seeds' own spread. Printed: a
 JSON line per (generator seed, feature network seed) with FID, its 95% interval and the
 floor, then a markdown table, then per feature network whether the generators keep one
 order (Spearman of their FIDs against the first feature network's). This is the yardstick
@@ -30,11 +35,11 @@ from ganforge.stages.featurenet import train_featurenet
 from ganforge.stages.prepare import prepare
 from ganforge.stages.train import train
 
-from .precision import FP32, SOURCES
+from .precision import AUTO, FP32, SOURCES
 
 
 def spread(
-    dataset: str, mnist: Path | None, train_seeds, featurenet_seeds, work: Path
+    dataset: str, mnist: Path | None, train_seeds, featurenet_seeds, work: Path, precision="fp32"
 ) -> dict[str, Any]:
     prep = parse_params({"prepare": SOURCES[dataset](mnist)}).prepare
     data, work = work / dataset / "data", work / dataset
@@ -42,9 +47,10 @@ def spread(
         prepare(prep, data)
 
     def params(train_seed: int, featurenet_seed: int):
+        fast = FP32 if precision == "fp32" else AUTO
         raw = {
             "prepare": prep.model_dump(),
-            "train": {**FP32, "device": "cpu", "seed": train_seed},
+            "train": {**fast, "device": "cpu", "seed": train_seed},
             "featurenet": {**FP32, "device": "cpu", "seed": featurenet_seed},
             "evaluate": {**FP32, "device": "cpu"},
         }
@@ -53,15 +59,17 @@ def spread(
     for s in featurenet_seeds:  # kept in --work: a rerun reuses them
         if not (work / f"fn{s}/featurenet.pt").is_file():
             train_featurenet(params(0, s), data, work / f"fn{s}")
+    probe = work / f"fn{featurenet_seeds[0]}/featurenet.pt"  # the pipeline's: keep-best's probe
+    gen = {s: work / f"gen{s}" if precision == "fp32" else work / f"gen{s}_{precision}" for s in train_seeds}  # fmt: skip
     for s in train_seeds:
-        if not (work / f"gen{s}/main/generator.pt").is_file():
-            train(params(s, 0), data, work / f"gen{s}", progress=False)
+        if not (gen[s] / "main/generator.pt").is_file():
+            train(params(s, 0), data, gen[s], progress=False, featurenet=probe)
     rows = []
     for g in train_seeds:
         for f in featurenet_seeds:
-            out = work / f"eval_g{g}_f{f}"
+            out = work / f"eval_{gen[g].name}_f{f}"
             m = evaluate(
-                params(g, f), data, work / f"gen{g}/main/generator.pt",
+                params(g, f), data, gen[g] / "main/generator.pt",
                 work / f"fn{f}/featurenet.pt", out / "eval.json", out / "reports",
             )  # fmt: skip
             row = {"train_seed": g, "featurenet_seed": f, "fid": m["fid"],
@@ -102,14 +110,16 @@ def main() -> None:
     )
     ap.add_argument("--train-seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--featurenet-seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--train-precision", choices=["fp32", "auto"], default="fp32")
     ap.add_argument("--work", default=None, help="keep (and reuse) the work here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         for dataset in args.data:
             result = spread(
-                dataset, Path(args.mnist), args.train_seeds, args.featurenet_seeds, work
-            )
+                dataset, Path(args.mnist), args.train_seeds, args.featurenet_seeds, work,
+                args.train_precision,
+            )  # fmt: skip
             print(table(result, args.featurenet_seeds))
             print(json.dumps({"benchmark": "seed_spread", "torch": torch.__version__,
                               "order_vs_first_featurenet": result["order_vs_first_featurenet"]}))  # fmt: skip

@@ -114,14 +114,15 @@ def test_onnx_threads_one_for_a_cheap_generator_all_cores_for_a_costly_one(tiny_
 
 
 @pytest.mark.slow
-def test_auto_costs_no_quality_and_leaves_the_judge_unchanged_on_digits(tmp_path):
-    """The default pipeline (feature network, training, evaluation) with ``auto`` vs all fp32,
-    default params, and each generator under the other run's judge: the fp32 generator
-    judged by the bf16 judge lies inside the fp32 judge's 95% interval, and the bf16-trained
-    generator judged by the fp32 judge is no worse than that interval's top. (Each run in
-    its own space is no rule: the feature network's seed alone moves the same generator's FID
-    from 14.98 to 25.67 on digits, and training seeds 0/1/2 score 19.92 / 15.66 / 27.03 under
-    one judge; benchmarks/RESULTS.md. MNIST is left to ``python -m benchmarks.precision``.)"""
+def test_auto_leaves_the_judge_unchanged_and_training_within_its_seed_spread(tmp_path):
+    """The default pipeline (feature network, training with the FID probe and keep-best,
+    evaluation) with ``auto`` vs all fp32, and each generator under the other run's judge:
+    the fp32 generator judged by the bf16 judge lies inside the fp32 judge's 95% interval,
+    and the bf16-trained generator judged by the fp32 judge is within the spread of fp32
+    training seeds (at most SEED_RATIO = 1.5x the fp32 generator's FID). One pair is not held
+    to a sampling interval: fp32 training seeds 0/1/2 score 12.29 / 13.26 / 18.56 under one
+    judge and auto seeds 14.24 / 14.31 / 17.20 (benchmarks/RESULTS.md). MNIST is left to
+    ``python -m benchmarks.precision``."""
     from benchmarks.precision import compare
 
     out = compare("digits", None, None, tmp_path)
@@ -129,5 +130,6 @@ def test_auto_costs_no_quality_and_leaves_the_judge_unchanged_on_digits(tmp_path
         pytest.skip("this CPU has no native bf16: auto runs fp32, nothing to compare")
     where = {k: out[k] for k in ("fp32", "fp32_generator_auto_judge", "auto_generator_fp32_judge")}
     assert out["judge_unchanged"], where
-    assert out["no_quality_cost"], where
+    assert out["within_seed_spread"], where
+    assert out["fp32"]["shipped_step"] == out["fp32"]["best_probe_step"] is not None  # keep-best
     assert out["auto"]["mode_collapse"] == out["fp32"]["mode_collapse"] is False

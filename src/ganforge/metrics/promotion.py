@@ -40,7 +40,7 @@ class Candidate:
     data_sha256: str | None = None  # the prepared data it was trained and judged on
     # the feature space its FID was measured in: "featurenet:<sha256>" or "inception:<sha256>"
     # (None: evaluated before ganforge recorded it). The same generator on digits scored FID
-    # 14.98 / 19.92 / 25.67 under feature networks of three seeds, so FIDs from two spaces
+    # 12.29 / 9.38 / 15.34 under feature networks of three seeds, so FIDs from two spaces
     # are never compared.
     feature_space: str | None = None
     # False: its FID is at or under the real-data floor in its feature space (no evidence)
@@ -235,7 +235,7 @@ def decide(new: Candidate, champion: Candidate | None) -> Decision:
         return Decision(
             False,
             f"judged in another feature space than champion v{champion.version} ({spaces}): "
-            "FIDs from two feature networks are not compared (one generator scored 14.98-25.67 "
+            "FIDs from two feature networks are not compared (one generator scored 9.38-15.34 "
             "under three feature-network seeds on digits); evaluate with the feature network "
             "the champion was judged by, start a new registry line "
             "(mlflow.registered_model_prefix), or remove the champion alias in MLflow",
