@@ -4,6 +4,7 @@ weights as one process, rank 0 alone writes and tracks, a killed rank stops the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -138,7 +139,7 @@ def test_a_killed_rank_stops_the_run_and_resume_finishes_it(tmp_path, digits_dir
     proc = ganforge_train(p, digits_dir, out, wait=False)
     ckpts = out / ".main.partial/checkpoints"
     deadline = time.monotonic() + 240
-    while not (ckpts.is_dir() and any(ckpts.glob("*.pt"))):
+    while not (ckpts.is_dir() and any(ckpts.glob("step_*.pt"))):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.5)
     ranks = _rank_pids(proc.pid)
@@ -233,3 +234,80 @@ def test_two_nodes_on_one_machine_train_one_run(tmp_path, digits_dir):
     one = tmp_path / "one"
     train(tiny_params(train=TRAIN), digits_dir, one, progress=False)
     assert_close(weights(one), weights(out))
+
+
+def _kill_job(pid: int) -> None:
+    """SIGKILL ``pid`` and every process under it (torchrun puts its ranks in sessions of
+    their own, so killing the process group leaves them running)."""
+    import psutil
+
+    procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(procs, timeout=30)
+
+
+def _job(cmd: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session; on a timeout kill the whole session (the launcher, torchrun
+    and its ranks: killing the first alone would leave the ranks running) and fail."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_job(proc.pid)
+        out, err = proc.communicate()
+        pytest.fail(f"hung for {timeout} s: {err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_pipeline_defaults_probe_keep_best_and_resume(tmp_path, digits_dir):
+    """params.yaml's own train section (the FID probe on with its 1,000 samples, keep-best,
+    checkpoints, bf16 auto), only shorter, with the feature network present as the DVC stage
+    passes it: 2 processes run to the end and through a kill-and-resume. (The probe once
+    synced torchmetrics state on rank 0 alone and hung both ranks at the first probe: the
+    other tests here turn the probe off.)"""
+    from ganforge.config import load_params
+    from ganforge.stages.featurenet import train_featurenet
+
+    defaults = load_params(ROOT / "params.yaml")
+    train_featurenet(defaults, digits_dir, tmp_path / "fn")
+    raw = defaults.model_dump()
+    raw["mlflow"]["enabled"] = False
+    raw["train"].update(nproc_per_node=2, steps=60, sample_every=20, checkpoint_every=20)
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    env = {**project_env(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "ganforge", "train", "--params", str(p), "--data",
+                str(digits_dir), "--out", str(out), "--featurenet", str(tmp_path / "fn/featurenet.pt"),
+                "--no-progress", *extra]  # fmt: skip
+
+    out = tmp_path / "runs"
+    done = _job(cmd(out), env, tmp_path, 240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probes = [row.split(",") for row in (out / "main/fid_history.csv").read_text().splitlines()[1:]]
+    assert [int(float(r[0])) for r in probes] == [20, 40, 60], probes
+    shipped = torch.load(out / "main/generator.pt", weights_only=True)["step"]
+    assert shipped == int(float(min(probes, key=lambda r: float(r[1]))[0]))  # keep-best
+    # the whole job killed (a node lost) after its first checkpoint, then resumed to the end
+    again = tmp_path / "again"
+    proc = subprocess.Popen(cmd(again, "--set", "train.steps=100000"), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    ckpts = again / ".main.partial/checkpoints"
+    deadline = time.monotonic() + 240
+    while not (ckpts.is_dir() and any(ckpts.glob("step_*.pt"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _kill_job(proc.pid)
+            pytest.fail(proc.communicate()[1][-3000:])
+        time.sleep(0.1)
+    _kill_job(proc.pid)
+    proc.communicate(timeout=60)
+    assert max(int(f.stem.split("_")[-1]) for f in ckpts.glob("step_*.pt")) < 60
+    resumed = _job(cmd(again, "--resume"), env, tmp_path, 240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(again / "main/generator.pt", weights_only=True)["step"] == shipped

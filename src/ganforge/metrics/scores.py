@@ -36,11 +36,18 @@ class _Precomputed(nn.Module):
         return x
 
 
+# Every score here is of the features this process holds. torchmetrics would otherwise
+# all-gather its state over an initialised process group at compute(): the training FID
+# probe runs on rank 0 alone, so under torchrun rank 0 waited in that gather while rank 1
+# waited in the stop-flag broadcast, both until the 30-minute timeout.
+LOCAL = {"sync_on_compute": False}
+
+
 def fid(real: Tensor, fake: Tensor) -> float:
     """torchmetrics FID of two feature sets (N, F), (M, F)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), normalize=False)
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), normalize=False, **LOCAL)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute())
@@ -63,7 +70,7 @@ def fid_bootstrap(
     if replicates <= 0:
         return (float("nan"), float("nan"))
     g = torch.Generator().manual_seed(seed + 1)
-    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), normalize=False)
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), normalize=False, **LOCAL)
     real64, fake64 = real.double().cpu(), fake.double().cpu()
     values = []
     for _ in range(replicates):
@@ -84,7 +91,7 @@ def kid(
 
     size = min(subset_size, len(real), len(fake))
     metric = KernelInceptionDistance(
-        feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size
+        feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size, **LOCAL
     )
     metric.update(real.float(), real=True)
     metric.update(fake.float(), real=False)
@@ -98,7 +105,9 @@ def inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, floa
     """torchmetrics IS from classifier logits (it applies the softmax) -> (mean, std)."""
     from torchmetrics.image.inception import InceptionScore
 
-    metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits, normalize=False)
+    metric = InceptionScore(
+        feature=_Precomputed(logits.shape[1]), splits=splits, normalize=False, **LOCAL
+    )
     metric.update(logits.float())
     with torch.random.fork_rng():
         torch.manual_seed(seed + 3)  # IS shuffles before splitting
