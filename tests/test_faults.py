@@ -85,6 +85,53 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, digits_dir):
             assert torch.equal(v, got[k]), (attempt, intact[-1], k)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigterm_ends_the_mlflow_run_as_killed_and_resume_completes(tmp_path, digits_dir, nproc):
+    """SIGTERM (kill, timeout, systemd, Kubernetes, Prefect cancellation) mid-training, one
+    process or a torchrun of 2: one line, exit 143, the MLflow run KILLED (not left RUNNING),
+    the finished outputs' place untouched, the partial checkpoints kept for --resume."""
+    import json
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "runs"
+    args = train_cmd(digits_dir, out, "--set", "train.steps=100000", "--set",
+                     f"train.nproc_per_node={nproc}", tracking=True)  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env, cwd=tmp_path)  # fmt: skip
+    ckpts = out / ".main.partial/checkpoints"
+    deadline = time.monotonic() + 240
+    while not any(ckpts.glob("step_*.pt.sha256")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("SIGTERM did not stop the run within 120 s")
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == "ganforge train: terminated (SIGTERM)", err[-3000:]
+    assert not (out / "main").exists()
+    run_id = json.loads((out / ".main.partial/mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    end = 10 + max(int(p.name.split("_")[1].split(".")[0]) for p in ckpts.glob("step_*.pt.sha256"))
+    resumed = subprocess.run(
+        train_cmd(digits_dir, out, "--set", f"train.steps={end}", "--set",
+                  f"train.nproc_per_node={nproc}", "--resume", tracking=True),
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(out / "main/generator.pt", weights_only=True)["step"] == end
+    runs = client.search_runs([client.get_run(run_id).info.experiment_id])
+    assert all(r.info.status != "RUNNING" for r in runs), [r.info.status for r in runs]
+
+
 # --------------------------------------------------------------------------- divergence
 
 DIVERGE = [

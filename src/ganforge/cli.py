@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, Terminated
 
 # Default locations, written once; dvc.yaml passes the same paths explicitly.
 PARAMS = "params.yaml"
@@ -272,6 +274,10 @@ def _error(stage: str, message: str, limit: int = 600) -> None:
     print(f"ganforge {stage}: error: {line}", file=sys.stderr)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -283,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    # SIGTERM behaves as Ctrl-C does (signal handlers can only be set from the main thread)
+    own = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if own else None
     try:
         result = args.handler(args)
     except GanforgeError as exc:
@@ -292,9 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         _error(args.stage, f"{where}{exc.strerror or exc}")
         return 1
+    except Terminated:
+        print(f"ganforge {args.stage}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"ganforge {args.stage}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, previous)
     if result is not None:  # None: printed by another process (torchrun's rank 0)
         print(json.dumps(result))
     return 0

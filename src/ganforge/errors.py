@@ -25,5 +25,11 @@ class DivergenceError(GanforgeError):
     """A loss became non-finite during training."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``kill``, ``timeout``, systemd, Kubernetes and Prefect cancellation send),
+    raised where the process is, like Ctrl-C: the same clean-up runs (the MLflow run is marked
+    KILLED, the last good outputs stay), and the CLI exits 143."""
+
+
 class LaunchError(GanforgeError):
     """A multi-process run (torchrun) stopped because one of its processes failed."""

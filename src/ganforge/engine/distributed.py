@@ -149,7 +149,17 @@ def launch(nproc: int, argv: list[str]) -> None:
         "ganforge",
         *argv,
     ]
-    code = subprocess.run(cmd, check=False).returncode
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except BaseException:  # SIGTERM or Ctrl-C reached this launcher: torchrun passes SIGTERM
+        proc.terminate()  # on to every rank, whose own handlers close their runs
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     if code != 0:
         raise LaunchError(
             f"train.nproc_per_node={nproc}: a training process failed (torchrun exit {code}; its "

@@ -227,7 +227,8 @@ def training_run(params, manifest: dict[str, Any]) -> Iterator[RunLog]:
     except BaseException:
         if run.run_id != run_id:  # adopted an earlier run: never mark that one failed
             raise
-        status = "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED"
+        # Ctrl-C or SIGTERM (ganforge.errors.Terminated) -> KILLED
+        status = "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED"
         try:  # best effort: the server may be the thing that failed; keep the original error
             run.end(status)
         except TrackingError as exc:
