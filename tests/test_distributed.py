@@ -300,14 +300,14 @@ def test_two_processes_with_the_pipeline_defaults_probe_keep_best_and_resume(tmp
                             start_new_session=True)  # fmt: skip
     ckpts = again / ".main.partial/checkpoints"
     deadline = time.monotonic() + 240
-    while not (ckpts.is_dir() and any(ckpts.glob("step_*.pt"))):
+    while not (ckpts.is_dir() and any(ckpts.glob("step_*.pt.sha256"))):  # a whole checkpoint
         if proc.poll() is not None or time.monotonic() > deadline:
             _kill_job(proc.pid)
             pytest.fail(proc.communicate()[1][-3000:])
         time.sleep(0.1)
     _kill_job(proc.pid)
     proc.communicate(timeout=60)
-    assert max(int(f.stem.split("_")[-1]) for f in ckpts.glob("step_*.pt")) < 60
+    assert max(int(f.name[5:13]) for f in ckpts.glob("step_*.pt.sha256")) < 60
     resumed = _job(cmd(again, "--resume"), env, tmp_path, 240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(again / "main/generator.pt", weights_only=True)["step"] == shipped
