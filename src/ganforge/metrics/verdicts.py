@@ -249,10 +249,9 @@ def sample_size_warnings(ep: EvaluateParams, n: int) -> list[str]:
         notes.append(
             f"FID from {n} images per side is biased upward and less stable "
             f"(evaluate.stable_samples = {ep.stable_samples}); promotion still compares FID, by "
-            "its 95% "
-            "interval (which widens with few images, so a small-sample candidate wins only by a "
-            "clear "
-            "margin) and only between models evaluated on the same data; read it against fid_floor"
+            "its 95% interval (which widens with few images, so a small-sample candidate wins "
+            "only by a clear margin) and only between models evaluated on the same data by the "
+            "same feature network; read it against fid_floor"
         )
     for note in notes:
         log.warning(note)
