@@ -86,11 +86,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, digits_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sigterm_ends_the_mlflow_run_as_killed_and_resume_completes(tmp_path, digits_dir, nproc):
+@pytest.mark.parametrize(
+    "nproc,sig", [(1, signal.SIGTERM), (2, signal.SIGTERM), (1, signal.SIGKILL)]
+)
+def test_a_killed_training_is_one_mlflow_run_after_resume(tmp_path, digits_dir, nproc, sig):
     """SIGTERM (kill, timeout, systemd, Kubernetes, Prefect cancellation) mid-training, one
     process or a torchrun of 2: one line, exit 143, the MLflow run KILLED (not left RUNNING),
-    the finished outputs' place untouched, the partial checkpoints kept for --resume."""
+    the finished outputs' place untouched, the partial checkpoints kept. SIGKILL: nothing
+    can run, the run is left RUNNING. Either way ``--resume`` continues that same run and
+    finishes it: one run, FINISHED, its loss curve logged once for every step."""
     import json
     import os
 
@@ -99,37 +103,56 @@ def test_sigterm_ends_the_mlflow_run_as_killed_and_resume_completes(tmp_path, di
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "runs"
-    args = train_cmd(digits_dir, out, "--set", "train.steps=100000", "--set",
-                     f"train.nproc_per_node={nproc}", tracking=True)  # fmt: skip
+    # checkpoints sparser than the loss flushes (as by default): the resume repeats logged steps
+    sparse = ["--set", "train.checkpoint_every=50", "--set", f"train.nproc_per_node={nproc}"]
+    args = train_cmd(digits_dir, out, "--set", "train.steps=100000", *sparse, tracking=True)
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=env, cwd=tmp_path)  # fmt: skip
     ckpts = out / ".main.partial/checkpoints"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     deadline = time.monotonic() + 240
-    while not any(ckpts.glob("step_*.pt.sha256")) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+
+    def past_the_checkpoint() -> bool:
+        """MLflow holds loss steps beyond the newest checkpoint: the resume repeats them."""
+        record = out / ".main.partial/mlflow_run.json"
+        done = [int(p.name[5:13]) for p in ckpts.glob("step_*.pt.sha256")]
+        if not done or not record.is_file():
+            return False
+        run = json.loads(record.read_text())["run_id"]
+        return max([m.step for m in client.get_metric_history(run, "d_loss")], default=0) > max(
+            done
+        )
+
+    while not past_the_checkpoint():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("SIGTERM did not stop the run within 120 s")
-    assert proc.returncode == 143, err[-3000:]
-    assert err.strip().splitlines()[-1] == "ganforge train: terminated (SIGTERM)", err[-3000:]
-    assert not (out / "main").exists()
+        pytest.fail(f"signal {sig} did not stop the run within 120 s")
     run_id = json.loads((out / ".main.partial/mlflow_run.json").read_text())["run_id"]
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    assert client.get_run(run_id).info.status == "KILLED"
-    end = 10 + max(int(p.name.split("_")[1].split(".")[0]) for p in ckpts.glob("step_*.pt.sha256"))
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, err[-3000:]
+        assert err.strip().splitlines()[-1] == "ganforge train: terminated (SIGTERM)", err[-3000:]
+        assert client.get_run(run_id).info.status == "KILLED"
+    else:
+        assert client.get_run(run_id).info.status == "RUNNING"  # what resume must close
+    assert not (out / "main").exists()
+    newest = max(int(p.name[5:13]) for p in ckpts.glob("step_*.pt.sha256"))
+    end = newest + 100
     resumed = subprocess.run(
-        train_cmd(digits_dir, out, "--set", f"train.steps={end}", "--set",
-                  f"train.nproc_per_node={nproc}", "--resume", tracking=True),
+        train_cmd(digits_dir, out, "--set", f"train.steps={end}", *sparse, "--resume", tracking=True),
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming MLflow run {run_id}" in resumed.stderr
     assert torch.load(out / "main/generator.pt", weights_only=True)["step"] == end
     runs = client.search_runs([client.get_run(run_id).info.experiment_id])
-    assert all(r.info.status != "RUNNING" for r in runs), [r.info.status for r in runs]
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(run_id, "FINISHED")]
+    steps = [m.step for m in client.get_metric_history(run_id, "d_loss")]
+    assert sorted(steps) == list(range(1, end + 1)), (newest, len(steps))
 
 
 # --------------------------------------------------------------------------- divergence

@@ -69,7 +69,7 @@ def _featurenet(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> dict[str, Any] | None:
     from ganforge.core.dataset import read_manifest
     from ganforge.engine.distributed import World, launch
-    from ganforge.stages.train import train
+    from ganforge.stages.train import train, work_dir
     from ganforge.tracking import training_run
 
     params = _params(args)
@@ -84,7 +84,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any] | None:
             params, args.data, args.out, resume=args.resume, progress=False, featurenet=featurenet
         )
         return None
-    with training_run(params, read_manifest(args.data)) as run:
+    # --resume continues the MLflow run the interrupted training recorded (one run, whole curves)
+    partial = work_dir(args.out, params.train.run_name) if args.resume else None
+    with training_run(params, read_manifest(args.data), resume_from=partial) as run:
         summary = train(
             params,
             args.data,

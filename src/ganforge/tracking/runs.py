@@ -49,6 +49,9 @@ class MlflowRun:
     def __init__(self, run_id: str, uri: str, experiment_id: str | None = None) -> None:
         self.client = _client(uri)
         self.run_id, self.uri, self.experiment_id = run_id, uri, experiment_id
+        # a resumed run: its steps up to here were logged before the interruption, and the
+        # resumed training repeats them from its checkpoint; each step is kept once
+        self.logged_through = -1
 
     def record(self) -> dict[str, Any]:
         return {
@@ -78,10 +81,14 @@ class MlflowRun:
         )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        rows = [{"step": step or 0, **{k: v for k, v in metrics.items() if v is not None}}]
-        self.log_history(rows)
+        if step is not None and step <= self.logged_through:
+            return  # logged before the interruption
+        self._log_rows([{"step": step or 0, **{k: v for k, v in metrics.items() if v is not None}}])
 
     def log_history(self, rows: list[dict[str, float]]) -> None:
+        self._log_rows([r for r in rows if int(r["step"]) > self.logged_through])
+
+    def _log_rows(self, rows: list[dict[str, float]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -152,6 +159,9 @@ class MlflowRun:
         """A grid under ``key`` at ``step``: the UI's image slider compares steps."""
         from PIL import Image
 
+        if step <= self.logged_through:
+            return
+
         with Image.open(path) as im:
             im.load()
             self._call(
@@ -179,18 +189,60 @@ def _onnx_signature(onnx_path: str | Path):
     return infer_signature(example, {"images": images}), example
 
 
+def _interrupted_run(client, uri: str, partial: Path | None) -> MlflowRun | None:
+    """The run an interrupted training recorded in its partial directory, reopened (status
+    RUNNING again), if it is in this store and not deleted; else None (a new run is opened)."""
+    path = None if partial is None else partial / RUN_FILE
+    if path is None or not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+        if recorded.get("tracking_uri") != uri:
+            return None
+        found = client.get_run(recorded["run_id"])
+    except Exception:  # unreadable record, or no such run here: start a new one
+        return None
+    if found.info.lifecycle_stage != "active":
+        return None
+    run = MlflowRun(found.info.run_id, uri, found.info.experiment_id)
+    steps = [
+        m.step for key in found.data.metrics for m in client.get_metric_history(run.run_id, key)
+    ]
+    run.logged_through = max(steps, default=-1)
+    client.update_run(run.run_id, status="RUNNING")
+    log.info(
+        "resuming MLflow run %s (%s before; its steps through %d are kept)",
+        run.run_id,
+        found.info.status,
+        run.logged_through,
+    )
+    return run
+
+
 @contextlib.contextmanager
-def training_run(params, manifest: dict[str, Any]) -> Iterator[RunLog]:
+def training_run(
+    params, manifest: dict[str, Any], resume_from: str | Path | None = None
+) -> Iterator[RunLog]:
     """Open the run of one training, yield it, and close it with the outcome's status.
 
     The training stage writes ``run.record()`` into the run directory with its other
-    outputs, so a failed run never rewrites the last good run's provenance."""
+    outputs, so a failed run never rewrites the last good run's provenance. ``resume_from``:
+    the partial directory of an interrupted training (``--resume``); the run it recorded
+    continues (one run per training, its curves whole, a killed run closed), where that run
+    is still in this store; its params are those it was opened with."""
     if not enabled(params.mlflow.enabled):
         yield Untracked()
         return
     uri = tracking_uri()
     check_reachable(uri)
     client = _client(uri)
+    try:
+        resumed = _interrupted_run(client, uri, Path(resume_from) if resume_from else None)
+    except Exception as exc:
+        raise TrackingError(f"MLflow could not reopen a run on {uri}: {_first_line(exc)}") from None
+    if resumed is not None:
+        yield from _closing(resumed, resumed.run_id)
+        return
     name = f"{params.mlflow.experiment_prefix}-{dataset_name(manifest)}"
     lock = Path("dvc.lock")
     tags = {
@@ -222,6 +274,11 @@ def training_run(params, manifest: dict[str, Any]) -> Iterator[RunLog]:
         raise TrackingError(f"MLflow could not open a run on {uri}: {_first_line(exc)}") from None
     run = MlflowRun(run_id, uri, exp_id)
     run.log_params(params.flat())
+    yield from _closing(run, run_id)
+
+
+def _closing(run: MlflowRun, run_id: str) -> Iterator[RunLog]:
+    """Yield ``run``; end it FINISHED, or KILLED (Ctrl-C, SIGTERM) or FAILED with the error."""
     try:
         yield run
     except BaseException:
