@@ -160,6 +160,15 @@ def test_exp_run_with_another_model(reproduced):
     )
     table = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], reproduced).stdout
     assert "wgan-gp" in table and '"fid"' in table
+    # the MLflow run names the DVC experiment it belongs to, and its inputs differ from main's
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{reproduced}/mlflow.db")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    exp = [r for r in runs if r.data.params.get("train.model") == "wgan-gp"]
+    assert len(exp) == 1 and f'"{exp[0].data.tags["dvc_exp_name"]}"' in table, exp[0].data.tags
+    others = {r.data.tags["ganforge.inputs_sha256"] for r in runs if r is not exp[0]}
+    assert others and exp[0].data.tags["ganforge.inputs_sha256"] not in others
     run(
         ["git", "checkout", "--", "params.yaml"], reproduced
     )  # exp run leaves the changed params behind

@@ -64,7 +64,12 @@ def test_training_is_tracked_on_the_server(mlflow_server, tmp_path, digits_dir):
         a.path for a in client.list_artifacts(run_id, "samples")
     }
     assert {"samples.png", "history.csv", "samples/step_00000030.png"} <= artifacts
-    assert {"git_commit", "dvc_lock_sha256", "ganforge.data_sha256"} <= set(run.data.tags)
+    assert {
+        "git_commit",
+        "dvc_lock_sha256",
+        "ganforge.data_sha256",
+        "ganforge.inputs_sha256",
+    } <= set(run.data.tags)
     # a name that tells runs apart, and the grids as step-indexed images for the UI's slider
     assert (
         run.info.run_name.startswith("cdcgan-digits-")

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -253,10 +254,21 @@ def training_run(
         "ganforge.dataset": dataset_name(manifest),
         "ganforge.data_sha256": manifest["content_sha256"],
         "git_commit": _git_commit() or "unknown",
+        # dvc.lock as it was when this run started (DVC writes this run's entry after it)
         "dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest()
         if lock.is_file()
         else "none",
+        # what this run's inputs are: every param and the prepared data's content
+        "ganforge.inputs_sha256": hashlib.sha256(
+            json.dumps(
+                {"params": params.flat(), "data_sha256": manifest["content_sha256"]},
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest(),
     }
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` in every stage's environment
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     try:
         exp = client.get_experiment_by_name(name)
         exp_id = (
