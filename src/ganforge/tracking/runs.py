@@ -206,17 +206,11 @@ def _interrupted_run(client, uri: str, partial: Path | None) -> MlflowRun | None
     if found.info.lifecycle_stage != "active":
         return None
     run = MlflowRun(found.info.run_id, uri, found.info.experiment_id)
-    steps = [
-        m.step for key in found.data.metrics for m in client.get_metric_history(run.run_id, key)
-    ]
-    run.logged_through = max(steps, default=-1)
+    history = [client.get_metric_history(run.run_id, key) for key in found.data.metrics]
+    run.logged_through = max((m.step for h in history for m in h), default=-1)
     client.update_run(run.run_id, status="RUNNING")
-    log.info(
-        "resuming MLflow run %s (%s before; its steps through %d are kept)",
-        run.run_id,
-        found.info.status,
-        run.logged_through,
-    )
+    was, through = found.info.status, run.logged_through
+    log.info("resuming MLflow run %s (%s; steps through %d kept)", run.run_id, was, through)
     return run
 
 
