@@ -87,9 +87,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, digits_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "nproc,sig", [(1, signal.SIGTERM), (2, signal.SIGTERM), (1, signal.SIGKILL)]
-)
-def test_a_killed_training_is_one_mlflow_run_after_resume(tmp_path, digits_dir, nproc, sig):
+    "nproc,sig,probe",
+    [(1, signal.SIGTERM, False), (2, signal.SIGTERM, False), (1, signal.SIGKILL, False),
+     (1, signal.SIGTERM, True)],
+)  # fmt: skip
+def test_a_killed_training_is_one_mlflow_run_after_resume(tmp_path, digits_dir, nproc, sig, probe):
     """SIGTERM (kill, timeout, systemd, Kubernetes, Prefect cancellation) mid-training, one
     process or a torchrun of 2: one line, exit 143, the MLflow run KILLED (not left RUNNING),
     the finished outputs' place untouched, the partial checkpoints kept. SIGKILL: nothing
@@ -105,6 +107,12 @@ def test_a_killed_training_is_one_mlflow_run_after_resume(tmp_path, digits_dir, 
     out = tmp_path / "runs"
     # checkpoints sparser than the loss flushes (as by default): the resume repeats logged steps
     sparse = ["--set", "train.checkpoint_every=50", "--set", f"train.nproc_per_node={nproc}"]
+    if probe:  # the default FID probe (1,000 samples) with the default feature network
+        from ganforge.config import load_params
+        from ganforge.stages.featurenet import train_featurenet
+
+        train_featurenet(load_params(ROOT / "params.yaml"), digits_dir, tmp_path / "fn")
+        sparse += ["--featurenet", str(tmp_path / "fn/featurenet.pt"), "--set", "train.fid_samples=1000"]  # fmt: skip
     args = train_cmd(digits_dir, out, "--set", "train.steps=100000", *sparse, tracking=True)
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=env, cwd=tmp_path)  # fmt: skip
@@ -153,6 +161,9 @@ def test_a_killed_training_is_one_mlflow_run_after_resume(tmp_path, digits_dir, 
     assert [(r.info.run_id, r.info.status) for r in runs] == [(run_id, "FINISHED")]
     steps = [m.step for m in client.get_metric_history(run_id, "d_loss")]
     assert sorted(steps) == list(range(1, end + 1)), (newest, len(steps))
+    if probe:  # the probe's FID too: every sample step once
+        fids = sorted(m.step for m in client.get_metric_history(run_id, "fid_ema"))
+        assert fids == sorted({*range(20, end + 1, 20), end}), fids  # and at the last step
 
 
 # --------------------------------------------------------------------------- divergence
