@@ -3,7 +3,8 @@ generators of graded quality, each scored by the evaluate stage, and each score'
 agreement (Spearman) with the classifier two-sample test's accuracy.
 
     python -m benchmarks.judge [--data digits mnist] [--mnist ../shared/data/mnist]
-        [--ladder cdcgan:100 cdcgan:300 ...] [--budget] [--work DIR] [--no-texture]
+        [--ladder cdcgan:100 cdcgan:300 ...] [--budget] [--critic-seeds K] [--no-controls]
+        [--work DIR] [--no-texture]
 
 Per dataset: prepare, the feature network (defaults), then every ladder rung (family:steps,
 default params otherwise, keep: last) trained and evaluated with the default evaluate
@@ -12,7 +13,11 @@ a markdown table, then the rank agreement of each score with the two-sample accu
 (signs so that +1 = same order: FID, KID and FID/floor fall as quality rises, precision,
 recall, density and coverage rise). ``--budget`` re-runs the two-sample test of every rung
 with twice the width and twice the (resolved) steps, to show whether the default critic has
-converged: its accuracy should not rise beyond its interval.
+converged: its accuracy should not rise beyond its interval (one critic a fold there: the
+question is the level, not the spread). ``--critic-seeds K`` re-runs the default test on the
+same held-out and generated images at critic seeds 0..K-1: the sd of those accuracies is
+what the interval's seed part (``c2st_critic_sd``, estimated inside one test from its
+replicate critics) claims to measure.
 Controls: the evaluate stage's subtle negative controls (slight blur, a 0.1 checkerboard, 0.1
 high-frequency noise on real images), scored by FID in the feature space (against the floor)
 and by the two-sample test.
@@ -51,7 +56,22 @@ LADDER = ["cdcgan:100", "cdcgan:300", "cdcgan:1000", "cdcgan:2600", "dcgan:1000"
 SCORES = {"fid": -1, "fid_over_floor": -1, "kid_mean": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1}
 
 
-def run_dataset(name: str, mnist: Path, ladder: list[str], budget: bool, work: Path, texture: bool = True) -> list[dict]:
+def heldout_and_fake(data: Path, gen: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out split and as many images of the generator ``gen`` (conditional: with
+    the held-out labels), both in [-1, 1] on the CPU."""
+    from ganforge.models import load_generator
+    from ganforge.stages.evaluate import generate
+
+    cpu = torch.device("cpu")
+    split = load_split(data, "holdout")
+    hold = to_unit_range(split.images, cpu)
+    G, meta = load_generator(gen, cpu)
+    y = torch.as_tensor(split.labels) if meta["conditional"] else None
+    return hold, generate(G, len(hold), meta["generator_kwargs"]["latent_dim"], y, 500, cpu, 0)
+
+
+def run_dataset(name: str, mnist: Path, ladder: list[str], budget: bool, work: Path, texture: bool = True,
+                critic_seeds: int = 0, controls: bool = True) -> list[dict]:
     base = parse_params({"prepare": DATA[name](mnist), "featurenet": {"texture": texture}}, "judge")
     data, fn = work / name / "data", work / name / "featurenet"
     if not (data / "manifest.json").exists():  # --work: what a previous run left is reused
@@ -73,20 +93,25 @@ def run_dataset(name: str, mnist: Path, ladder: list[str], budget: bool, work: P
                "two_sample_s": m["timing_s"]["two_sample_s"],
                **{k: m[k] for k in ("c2st_accuracy", "c2st_ci95", "c2st_null_accuracy", "copying", "copying_z_pixel", "fid", "fid_at_floor_samples", "fid_floor", *SCORES)},
                "c2st_steps": m["c2st_protocol"]["steps"]}
-        if budget:
-            hold = to_unit_range(load_split(data, "holdout").images, torch.device("cpu"))
-            from ganforge.models import load_generator
-            from ganforge.stages.evaluate import generate
-
-            G, meta = load_generator(gen, torch.device("cpu"))
-            y = torch.as_tensor(load_split(data, "holdout").labels) if meta["conditional"] else None
-            fake = generate(G, len(hold), meta["generator_kwargs"]["latent_dim"], y, 500, torch.device("cpu"), 0)
-            n2 = m["c2st_protocol"]["n_per_side"]  # the test's own n, twice its steps and width
-            big = c2st(hold[:n2], fake[:n2], width=32, steps=2 * row["c2st_steps"], seed=0)
+        n2 = m["c2st_protocol"]["n_per_side"]  # the test's own n
+        if budget or critic_seeds:
+            hold, fake = heldout_and_fake(data, gen)
+            hold, fake = hold[:n2], fake[:n2]
+        if budget:  # twice its steps and width
+            big = c2st(hold, fake, width=32, steps=2 * row["c2st_steps"], critics=1, seed=0)
             row["c2st_2x"] = round(big["accuracy"], 4)
             row["c2st_2x_ci95"] = [round(v, 4) for v in big["ci95"]]
+        if critic_seeds:
+            runs = [c2st(hold, fake, seed=s) for s in range(critic_seeds)]
+            acc = torch.tensor([r["accuracy"] for r in runs])
+            row["c2st_by_seed"] = [round(float(a), 4) for a in acc]
+            row["c2st_seed_sd"] = round(float(acc.std()), 4)  # what the seed part should match
+            row["c2st_critic_sd_mean"] = round(sum(r["critic_sd"] for r in runs) / len(runs), 4)
+            row["c2st_halfwidth_mean"] = round(sum(r["ci95"][1] - r["ci95"][0] for r in runs) / (2 * len(runs)), 4)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if not controls:
+        return rows
     # negative controls: the feature space's FID against its floor, and the two-sample test
     ep = base.evaluate
     hold = to_unit_range(load_split(data, "holdout").images, torch.device("cpu"))
@@ -123,13 +148,16 @@ def main() -> None:
     ap.add_argument("--mnist", type=Path, default=MNIST)
     ap.add_argument("--ladder", nargs="+", default=LADDER)
     ap.add_argument("--budget", action="store_true", help="re-run the two-sample test at 2x width and steps")
+    ap.add_argument("--critic-seeds", type=int, default=0, help="re-run each rung's default test at this many critic seeds")
+    ap.add_argument("--no-controls", action="store_true", help="skip the negative controls")
     ap.add_argument("--work", type=Path, help="keep data, feature network and generators here (and reuse those already "
                     "there: delete featurenet/ to re-score the same generators in a new feature space)")
     ap.add_argument("--no-texture", action="store_true", help="judge in the feature network's embedding alone (featurenet.texture: false)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        all_rows = {d: run_dataset(d, args.mnist, args.ladder, args.budget, work, not args.no_texture) for d in args.data}
+        all_rows = {d: run_dataset(d, args.mnist, args.ladder, args.budget, work, not args.no_texture,
+                                   args.critic_seeds, not args.no_controls) for d in args.data}
     print("\n| data | rung | train s | two-sample accuracy [95%] | null | 2x critic | copying (z pixel) | FID | FID/floor (like for like) | KID | precision | recall | density | coverage |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d, rows in all_rows.items():

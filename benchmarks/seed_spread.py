@@ -10,8 +10,9 @@ the pipeline every generator trains with the first feature network as its FID pr
 (``train.keep: best`` ships the probe's best step). ``--train-precision auto`` trains the
 generators with ``train.bf16`` / ``channels_last`` auto, judged by the same fp32 feature
 networks: the fast path's cost in quality, against the seeds' own spread. Printed: a
-JSON line per (generator seed, feature network seed) with FID, its 95% interval and the
-floor, then a markdown table, then per feature network whether the generators keep one
+JSON line per (generator seed, feature network seed) with FID, its 95% interval, the floor
+and the two-sample accuracy (pixel space, no feature network: the outside judge of
+"bf16 costs nothing on average", by its mean over the training seeds), then a markdown table, then per feature network whether the generators keep one
 order (Spearman of their FIDs against the first feature network's). This is the yardstick
 the precision benchmark's rules are read against: a sampling interval says how well one
 generator is measured under one judge, not how far two runs of one recipe land apart, and
@@ -73,7 +74,9 @@ def spread(
                 work / f"fn{f}/featurenet.pt", out / "eval.json", out / "reports",
             )  # fmt: skip
             row = {"train_seed": g, "featurenet_seed": f, "fid": m["fid"],
-                   "fid_ci95": m["fid_ci95"], "fid_floor": m["fid_floor"]}  # fmt: skip
+                   "fid_ci95": m["fid_ci95"], "fid_floor": m["fid_floor"],
+                   # pixel space: the same under every feature network (a check of that)
+                   "c2st_accuracy": m["c2st_accuracy"], "c2st_ci95": m["c2st_ci95"]}  # fmt: skip
             rows.append(row)
             print(json.dumps({dataset: row}), flush=True)
     fid = {(r["train_seed"], r["featurenet_seed"]): r["fid"] for r in rows}
@@ -82,13 +85,17 @@ def spread(
         f: round(float(spearmanr(first, [fid[g, f] for g in train_seeds]).statistic), 3)
         for f in featurenet_seeds[1:]
     } if len(train_seeds) > 1 else {}  # fmt: skip
-    return {"dataset": dataset, "rows": rows, "order_vs_first_featurenet": order}
+    by_seed = {r["train_seed"]: r["c2st_accuracy"] for r in rows}
+    c2st_mean = round(sum(by_seed.values()) / len(by_seed), 4)  # over the training seeds
+    return {"dataset": dataset, "rows": rows, "order_vs_first_featurenet": order,
+            "c2st_by_train_seed": by_seed, "c2st_mean": c2st_mean}  # fmt: skip
 
 
 def table(result: dict[str, Any], featurenet_seeds) -> str:
     lines = [
-        "| generator | " + " | ".join(f"FID, feature network seed {f}" for f in featurenet_seeds) + " |",
-        "|---|" + "---|" * len(featurenet_seeds),
+        "| generator | " + " | ".join(f"FID, feature network seed {f}" for f in featurenet_seeds)
+        + " | two-sample accuracy [95%] |",
+        "|---|" + "---|" * (len(featurenet_seeds) + 1),
     ]  # fmt: skip
     by = {(r["train_seed"], r["featurenet_seed"]): r for r in result["rows"]}
     for g in sorted({r["train_seed"] for r in result["rows"]}):
@@ -96,9 +103,10 @@ def table(result: dict[str, Any], featurenet_seeds) -> str:
             f"{by[g, f]['fid']} [{by[g, f]['fid_ci95'][0]}, {by[g, f]['fid_ci95'][1]}]"
             for f in featurenet_seeds
         ]
-        lines.append(f"| train seed {g} | " + " | ".join(cells) + " |")
+        two = by[g, featurenet_seeds[0]]
+        lines.append(f"| train seed {g} | " + " | ".join(cells) + f" | {two['c2st_accuracy']} {two['c2st_ci95']} |")
     floors = [str(by[min(by)[0], f]["fid_floor"]) for f in featurenet_seeds]
-    lines.append("| floor | " + " | ".join(floors) + " |")
+    lines.append("| floor | " + " | ".join(floors) + f" | mean {result['c2st_mean']} |")
     return "\n".join(lines)
 
 
@@ -122,6 +130,7 @@ def main() -> None:
             )  # fmt: skip
             print(table(result, args.featurenet_seeds))
             print(json.dumps({"benchmark": "seed_spread", "torch": torch.__version__,
+                              "precision": args.train_precision, "c2st_mean": result["c2st_mean"],
                               "order_vs_first_featurenet": result["order_vs_first_featurenet"]}))  # fmt: skip
 
 

@@ -68,9 +68,10 @@ def test_the_auto_budget_grows_with_the_images_a_critic_trains_on():
 def test_noise_and_a_constant_generator_are_told_apart_always(digits):
     train, _ = digits
     noise = torch.rand_like(train[:200]) * 2 - 1
-    assert c2st(train[:200], noise, seed=0)["accuracy"] > 0.97
+    # a yes-or-no answer: one critic a fold (the default two are tested above and below)
+    assert c2st(train[:200], noise, critics=1, seed=0)["accuracy"] > 0.97
     constant = train[:1].expand(200, -1, -1, -1)  # one image for every sample
-    assert c2st(train[200:400], constant, seed=0)["accuracy"] > 0.97
+    assert c2st(train[200:400], constant, critics=1, seed=0)["accuracy"] > 0.97
 
 
 def test_critics_trained_side_by_side_stay_independent(digits):
@@ -82,6 +83,24 @@ def test_critics_trained_side_by_side_stay_independent(digits):
     null, easy = c2st_many(pairs, steps=500, seed=0)  # independence does not need the budget
     assert null["ci95"][0] <= 0.5 <= null["ci95"][1], null
     assert easy["accuracy"] > 0.97 and easy["n_per_side"] == null["n_per_side"] == 200
+
+
+def test_the_interval_holds_the_critics_own_seed_spread(digits):
+    """Two critics a fold (the default): the replicates of a fold disagree on a pair that is
+    neither easy nor null, and the interval is Wilson's widened by 1.96 x their spread; one
+    critic a fold gives Wilson's alone; a pair every critic gets right has no spread."""
+    train, holdout = digits
+    hard = holdout, (train[:180] + 0.1 * torch.randn_like(train[:180])).clamp(-1, 1)
+    two = c2st(*hard, steps=400, seed=0)
+    assert two["critics"] == 2 and two["critic_sd"] > 0.002, two
+    lo, hi = wilson(two["accuracy"] * 360, 360)
+    assert two["ci95"][0] < lo and two["ci95"][1] > hi
+    assert 0.55 < two["accuracy"] < 0.95, two  # hard, not trivial: a spread to measure
+    one = c2st(*hard, critics=1, steps=400, seed=0)
+    assert one["critic_sd"] is None and one["ci95"] == list(wilson(one["accuracy"] * 360, 360))
+    easy = c2st(holdout, torch.rand_like(holdout) * 2 - 1, steps=400, seed=0)
+    assert easy["accuracy"] == 1.0 and easy["critic_sd"] == 0.0
+    assert easy["ci95"] == list(wilson(360, 360))
 
 
 def test_a_slightly_blurred_copy_of_real_data_is_caught(digits):

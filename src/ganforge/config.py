@@ -172,6 +172,7 @@ class EvaluateParams(_Section):
     two_sample_width: int = Field(16, ge=4, le=256)
     two_sample_steps: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = "auto"
     two_sample_folds: int = Field(3, ge=2, le=20)
+    two_sample_critics: int = Field(2, ge=1, le=8)
     copying_z: float = Field(3.0, gt=0.0, le=100.0)
     copying_reference: int = Field(5000, ge=2, le=1_000_000)
     pr_k: int = Field(3, ge=1, le=100)

@@ -176,11 +176,21 @@ def two_sample_verdict(
     n = min(len(holdout), ep.two_sample_samples, len(fake))
     # auto: by the model test's n (the null's critics train beside them, as long)
     steps = None if ep.two_sample_steps == "auto" else ep.two_sample_steps
-    settings = dict(folds=ep.two_sample_folds, steps=steps, width=ep.two_sample_width, seed=seed)
+    settings = dict(
+        folds=ep.two_sample_folds,
+        critics=ep.two_sample_critics,
+        steps=steps,
+        width=ep.two_sample_width,
+        seed=seed,
+    )
     if n < 2 * ep.two_sample_folds:  # too few images to hold out a fold of each side
         reason = f"not run: {n} images per side, fewer than 2 x evaluate.two_sample_folds"
         keys = ("c2st_accuracy", "c2st_ci95_low", "c2st_ci95_high", "c2st_null_accuracy")
-        nothing = {"c2st_ci95": [None, None], "c2st_null_ci95": [None, None]}
+        nothing = {
+            "c2st_ci95": [None, None],
+            "c2st_null_ci95": [None, None],
+            "c2st_critic_sd": None,
+        }
         skipped = {"c2st_indistinguishable": None, "c2st_protocol": {"skipped": reason}}
         return {**dict.fromkeys(keys), **nothing, **skipped}
     model, null = c2st_many([(holdout[:n], fake[:n]), (holdout[:n], train)], **settings)
@@ -192,6 +202,8 @@ def two_sample_verdict(
         "c2st_ci95_high": rounded(hi, 4),
         "c2st_null_accuracy": rounded(null["accuracy"], 4),
         "c2st_null_ci95": [rounded(v, 4) for v in null["ci95"]],
+        # the critics' own seed spread (sd of the mean accuracy), inside the interval above
+        "c2st_critic_sd": None if model["critic_sd"] is None else rounded(model["critic_sd"], 4),
         # the only reading under which "cannot be told from real" may be claimed
         "c2st_indistinguishable": bool(lo <= 0.5 <= hi),
         "c2st_protocol": {
