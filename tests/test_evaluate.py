@@ -169,6 +169,23 @@ def test_evaluate_end_to_end(tmp_path, digits_dir, digits_featurenet, digits_gen
     assert {k: again[k] for k in same} == {k: m[k] for k in same}
 
 
+def test_an_evaluation_at_a_truncation_scores_truncated_samples(
+    tmp_path, digits_dir, digits_generator, digits_featurenet
+):
+    """evaluate.truncation: every score is of truncated samples (recall below the plain
+    generator's, which the curve's first row still measures), the protocol says so, and a
+    curve of no thresholds is the plain row alone."""
+    params = tiny_params(evaluate={"num_samples": 600, "truncation": 0.5, "truncation_curve": []})
+    m = evaluate(
+        params, digits_dir, digits_generator, digits_featurenet, tmp_path / "e.json", tmp_path / "r"
+    )
+    assert m["protocol"]["truncation"] == 0.5
+    (plain,) = m["truncation_curve"]
+    assert plain["truncation"] is None and m["recall"] < plain["recall"], (m["recall"], plain)
+    with pytest.raises(ConfigError, match=r"evaluate.truncation: .*0.05"):
+        tiny_params(evaluate={"truncation": 0.0})
+
+
 def test_conditional_reports(tmp_path, digits_dir, digits_featurenet):
     params = tiny_params(
         train={"model": "cdcgan", "steps": 30},
@@ -362,3 +379,15 @@ def test_the_default_trained_model_is_not_flagged(tmp_path, digits_dir):
     lo, hi = m["c2st_ci95"]
     assert m["c2st_critic_sd"] > 0 and lo < m["c2st_accuracy"] < hi
     assert 0.6 < m["c2st_accuracy"] < 0.95 and not m["c2st_indistinguishable"]
+    # the truncation curve (evaluate.truncation_curve: none, 1.5, 1.0, 0.7, 0.5): diversity
+    # falls as the threshold tightens (RESULTS.md: recall 0.47 -> 0.006 on this recipe)
+    curve = m["truncation_curve"]
+    assert [r["truncation"] for r in curve] == [None, 1.5, 1.0, 0.7, 0.5]
+    coverage = [r["coverage"] for r in curve]
+    assert (
+        coverage == sorted(coverage, reverse=True) and curve[-1]["recall"] < curve[0]["recall"] / 4
+    )
+    assert curve[-1]["fid_at_floor_samples"] > curve[0]["fid_at_floor_samples"]
+    assert m["protocol"]["truncation"] is None
+    for name in ("truncation.csv", "truncation.png", "truncation_samples.png"):
+        assert (tmp_path / "r" / name).is_file()

@@ -279,6 +279,10 @@ def test_fids_from_another_feature_space_are_never_compared(registry):
     assert _feature_space({"features": "inception", "inception_sha256": "f" * 64}) == (
         "inception:" + "f" * 64
     )
+    # samples truncated at generation are another population: never compared with plain ones
+    cut = {"features": "featurenet", "featurenet_sha256": "aaaa", "truncation": 0.7}
+    assert _feature_space(cut) == "featurenet:aaaa truncated at 0.7"
+    assert _feature_space({**cut, "truncation": None}) == "featurenet:aaaa"
 
 
 @pytest.mark.slow

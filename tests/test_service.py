@@ -67,6 +67,39 @@ def test_generate_a_class(tmp_path, cond_onnx, tiny_onnx):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_truncation_without_torch_and_identically_in_torch(tmp_path, tiny_onnx, digits_generator):
+    """``--truncation``: typical images from the same seed, deterministic, refused out of
+    range with one line and no file; onnxruntime on truncated noise gives what torch's
+    generator gives on the same noise (truncation is applied to z, before the graph)."""
+    import numpy as np
+    import torch
+
+    from ganforge.core.latent import noise
+    from ganforge.deploy.onnxrt import OnnxGenerator
+    from ganforge.models import load_generator
+
+    a, b, plain = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "plain.png"
+    for out, extra in ((a, ["--truncation", "0.5"]), (b, ["--truncation", "0.5"]), (plain, [])):
+        proc = generate(
+            "--model", str(tiny_onnx), "-n", "16", "--seed", "2", "--out", str(out), *extra
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert a.read_bytes() == b.read_bytes() != plain.read_bytes()
+    for bad in ("0.01", "nan", "11"):
+        proc = generate(
+            "--model", str(tiny_onnx), "--truncation", bad, "--out", str(tmp_path / "x.png")
+        )
+        assert proc.returncode == 2 and f"--truncation: {bad}" in proc.stderr, proc.stderr
+        assert "0.05..10" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+    onnx = OnnxGenerator(tiny_onnx).generate(32, 5, truncation=0.7)
+    G, _ = load_generator(digits_generator, torch.device("cpu"))
+    with torch.no_grad():
+        ref = G(torch.from_numpy(noise(32, G.latent_dim, 5, 0.7))).numpy()
+    assert np.abs(onnx - ref).max() < 1e-4
+
+
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -101,6 +134,11 @@ def test_service_endpoints(server):
         httpx.get(f"{server}/generate", params={"n": 16, "seed": 1, "label": 3}).content
         == r.content
     )
+    cut = httpx.get(
+        f"{server}/generate", params={"n": 16, "seed": 1, "label": 3, "truncation": 0.5}
+    )
+    assert cut.status_code == 200 and cut.headers["x-truncation"] == "0.5"
+    assert cut.content != r.content and r.headers["x-truncation"] == "none"
     assert httpx.post(f"{server}/reload", headers=AUTH).json()["family"] == "cdcgan"
     assert httpx.post(f"{server}/reload").status_code == 401
     assert (
@@ -120,6 +158,10 @@ def test_service_endpoints(server):
         ({"label": 10}, "not a class of this model"),
         ({"label": -3}, "greater than or equal to 0"),
         ({"label": "seven"}, "valid integer"),
+        ({"truncation": 0.01}, "greater than or equal to 0.05"),
+        ({"truncation": 11}, "less than or equal to 10"),
+        ({"truncation": "nan"}, "truncation"),
+        ({"truncation": "inf"}, "truncation"),
     ],
 )
 def test_bad_input_is_a_422_with_a_message(server, query, needle):

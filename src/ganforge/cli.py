@@ -141,7 +141,9 @@ def _promote(args: argparse.Namespace) -> dict[str, Any]:
 def _generate(args: argparse.Namespace) -> dict[str, Any]:
     from ganforge.deploy.service import generate_to_file
 
-    return generate_to_file(args.model, args.n, args.seed, args.label, args.out, args.threads)
+    return generate_to_file(
+        args.model, args.n, args.seed, args.label, args.out, args.threads, args.truncation
+    )
 
 
 def _serve(args: argparse.Namespace) -> dict[str, Any]:
@@ -255,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed; same seed, same images")
     p.add_argument("--label", type=int, help="class to generate (conditional models)")
+    p.add_argument(
+        "--truncation",
+        type=float,
+        help="redraw latent components beyond +-this (0.05..10): more typical images, less "
+        "variety (RESULTS.md has the measured trade-off); default: none",
+    )
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     _opt(p, "--out", "grid.png", "PNG grid")
 

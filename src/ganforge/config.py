@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from ganforge.core.latent import MAX_TRUNCATION, MIN_TRUNCATION
 from ganforge.core.sources import SOURCES
 from ganforge.core.validation import format_error, short
 from ganforge.core.yamlsafe import load_yaml
@@ -173,6 +174,9 @@ class EvaluateParams(_Section):
     two_sample_steps: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = "auto"
     two_sample_folds: int = Field(3, ge=2, le=20)
     two_sample_critics: int = Field(2, ge=1, le=8)
+    truncation: float | None = Field(None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION)
+    truncation_curve: list[float] = Field([1.5, 1.0, 0.7, 0.5], max_length=16)
+    truncation_two_sample: bool = False
     copying_z: float = Field(3.0, gt=0.0, le=100.0)
     copying_reference: int = Field(5000, ge=2, le=1_000_000)
     pr_k: int = Field(3, ge=1, le=100)
@@ -182,6 +186,14 @@ class EvaluateParams(_Section):
     channels_last: Auto = "auto"
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @field_validator("truncation_curve")
+    @classmethod
+    def _thresholds(cls, v: list[float]) -> list[float]:
+        for t in v:
+            if not MIN_TRUNCATION <= t <= MAX_TRUNCATION:
+                raise ValueError(f"{t} is outside {MIN_TRUNCATION}..{MAX_TRUNCATION}")
+        return v
 
     @model_validator(mode="after")
     def _inception_weights_only_for_inception(self) -> EvaluateParams:

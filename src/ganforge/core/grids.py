@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ganforge.core.files import atomic_path
+from ganforge.core.latent import truncate
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int, min_tile: int = 48) -> None:
@@ -105,19 +107,26 @@ def write_reports(
     steps: int,
     out: Path,
     device: torch.device,
+    truncation: float | None = None,
 ) -> None:
     """The evaluate stage's pictures in ``out``: samples.png (64 from fixed noise),
     interpolation.png (slerp between 6 latent pairs in ``steps`` steps) and, for conditional
-    models, per_class.png (a row of 10 per class)."""
+    models, per_class.png (a row of 10 per class); the noise truncated at ``truncation``
+    (``core.latent``; None: not), as the evaluation's scores are."""
+    rng = np.random.default_rng(seed + 17)
+
+    def cut(z: Tensor) -> Tensor:
+        return torch.from_numpy(truncate(z.numpy(), truncation, rng))
 
     def run(z: Tensor, y: Tensor | None) -> Tensor:
         return G(z.to(device), y.to(device) if y is not None else None)
 
     z, y, nrow = fixed_grid_inputs(64, latent, num_classes, conditional, seed)
-    save_grid(run(z, y), out / "samples.png", nrow)
+    save_grid(run(cut(z), y), out / "samples.png", nrow)
     pairs = 6
     gz = torch.Generator().manual_seed(seed + 11)
     a, b = torch.randn(pairs, latent, generator=gz), torch.randn(pairs, latent, generator=gz)
+    a, b = cut(a), cut(b)  # the ends truncated, the path between them left smooth
     path = slerp(a, b, torch.linspace(0, 1, steps)).reshape(-1, latent)
     y_int = (torch.arange(pairs) % num_classes).repeat_interleave(steps) if conditional else None
     save_grid(run(path, y_int), out / "interpolation.png", steps)
@@ -125,5 +134,5 @@ def write_reports(
         per_row = 10
         yc = torch.arange(num_classes).repeat_interleave(per_row)
         save_grid(
-            run(torch.randn(len(yc), latent, generator=gz), yc), out / "per_class.png", per_row
+            run(cut(torch.randn(len(yc), latent, generator=gz)), yc), out / "per_class.png", per_row
         )

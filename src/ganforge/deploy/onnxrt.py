@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ganforge.core import onnxmeta
+from ganforge.core import latent, onnxmeta
 from ganforge.core.cores import usable_cores
 from ganforge.errors import GanforgeError
 
@@ -181,11 +181,10 @@ class OnnxGenerator:
                 f"{self.path}: a test batch gave {out.shape}, expected {want} finite values"
             )
 
-    def noise(self, n: int, seed: int) -> np.ndarray:
-        """float32 (n, latent_dim): the same for the same seed, on every machine."""
-        return np.random.default_rng(seed).standard_normal(
-            (n, self.info.latent_dim), dtype=np.float32
-        )
+    def noise(self, n: int, seed: int, truncation: float | None = None) -> np.ndarray:
+        """float32 (n, latent_dim): the same for the same seed (and truncation) on every
+        machine; ``core.latent.noise``."""
+        return latent.noise(n, self.info.latent_dim, seed, truncation)
 
     def run(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         feeds: dict[str, Any] = {"z": np.ascontiguousarray(z, dtype=np.float32)}
@@ -195,8 +194,11 @@ class OnnxGenerator:
             feeds["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
         return self.session.run(["images"], feeds)[0]  # (N, C, H, W) in [-1, 1]
 
-    def generate(self, n: int, seed: int, label: int | None = None) -> np.ndarray:
-        """n images; for conditional models ``label`` fixes the class, else classes cycle 0..K-1."""
+    def generate(
+        self, n: int, seed: int, label: int | None = None, truncation: float | None = None
+    ) -> np.ndarray:
+        """n images; for conditional models ``label`` fixes the class, else classes cycle
+        0..K-1; ``truncation`` (``core.latent``) trades variety for fidelity."""
         labels = None
         if self.info.conditional:
             labels = (
@@ -206,7 +208,7 @@ class OnnxGenerator:
             )
         elif label is not None:
             raise ValueError(f"label given but {self.info.family} is unconditional")
-        return self.run(self.noise(n, seed), labels)
+        return self.run(self.noise(n, seed, truncation), labels)
 
 
 def grid_png(

@@ -4,11 +4,14 @@ Neither imports torch: a deployment needs onnxruntime (or onnxruntime-gpu), nump
 pillow, and for the service FastAPI + uvicorn.
 
     ganforge generate --model models:/ganforge-digits-cdcgan@champion -n 64 --seed 0 --out grid.png
+    ganforge generate --model exported/main.onnx --truncation 0.7 --out typical.png
     ganforge serve --model models:/ganforge-digits-cdcgan@champion --port 8000
 
 HTTP API (OpenAPI at /docs):
     GET  /generate?n=16&seed=1&label=3  -> PNG grid (n in 1..256, seed >= 0, label only for
-                                           conditional models and within their classes)
+                                           conditional models and within their classes;
+                                           &truncation=0.7: latent components beyond +-0.7
+                                           redrawn, 0.05..10, ``core.latent``)
     GET  /healthz                       -> {"status": "ok", ...}; 503 when the model cannot generate
     GET  /model                         -> the model's metadata and the reference it was loaded from
     POST /reload                        -> load the model reference the server was started with
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ganforge.core.files import atomic_path
+from ganforge.core.latent import MAX_TRUNCATION, MIN_TRUNCATION, check_truncation
 from ganforge.deploy.onnxrt import OnnxGenerator, grid_png, is_registry_uri, resolve_model
 from ganforge.errors import ConfigError
 
@@ -77,9 +81,18 @@ def check_threads(threads: int | None) -> int | None:
 
 
 def generate_to_file(
-    model: str, n: int, seed: int, label: int | None, out: str | Path, threads: int | None = None
+    model: str,
+    n: int,
+    seed: int,
+    label: int | None,
+    out: str | Path,
+    threads: int | None = None,
+    truncation: float | None = None,
 ) -> dict[str, Any]:
     check_threads(threads)
+    problem = check_truncation(truncation, "--truncation")
+    if problem:
+        raise ConfigError(problem)
     if not 1 <= n <= 4096:
         raise ConfigError(f"-n: {n} is outside 1..4096")
     if not 0 <= seed <= SEED_MAX:
@@ -89,7 +102,7 @@ def generate_to_file(
         problem = _check_label(gen, label)
         if problem:
             raise ConfigError(f"--{problem}")
-        images = gen.generate(n, seed, label)
+        images = gen.generate(n, seed, label, truncation)
     nrow = gen.info.num_classes if gen.info.conditional and label is None else None
     with atomic_path(out) as tmp:
         tmp.write_bytes(grid_png(images, nrow=nrow))
@@ -98,6 +111,7 @@ def generate_to_file(
         "n": n,
         "seed": seed,
         "label": label,
+        "truncation": truncation,
         "model": model,
         "providers": gen.session.get_providers(),
         "threads": gen.threads,
@@ -237,13 +251,20 @@ def create_app(model_ref: str, threads: int | None = None):
         n: int = Query(16, ge=1, le=MAX_N, description="number of images"),
         seed: int = Query(0, ge=0, le=SEED_MAX, description="noise seed: same seed, same images"),
         label: int | None = Query(None, ge=0, description="class, for conditional models"),
+        truncation: float | None = Query(
+            None,
+            ge=MIN_TRUNCATION,
+            le=MAX_TRUNCATION,
+            description="truncation threshold: latent components beyond +-this are redrawn "
+            "(lower = typical images, less variety; leave out for none)",
+        ),
     ) -> Response:
         gen = holder.generator
         problem = _check_label(gen, label)
         if problem:
             raise HTTPException(status_code=422, detail=problem)
         try:
-            images = gen.generate(n, seed, label)
+            images = gen.generate(n, seed, label, truncation)
         except Exception as exc:  # the model itself fails: say so on /healthz too
             holder.problem = f"generation failed: {str(exc).splitlines()[0][:300]}"
             log.error("%s", holder.problem)
@@ -254,7 +275,12 @@ def create_app(model_ref: str, threads: int | None = None):
             else None
         )
         return Response(
-            grid_png(images, nrow=nrow), media_type="image/png", headers={"X-Seed": str(seed)}
+            grid_png(images, nrow=nrow),
+            media_type="image/png",
+            headers={
+                "X-Seed": str(seed),
+                "X-Truncation": "none" if truncation is None else str(truncation),
+            },
         )
 
     @app.post("/reload")

@@ -164,13 +164,17 @@ TYPED = ("fid", "fid_ci95_low", "fid_ci95_high", "separable", "mode_collapse", "
 
 def _feature_space(protocol: Any) -> str | None:
     """Which feature space an evaluation's FID was measured in, from its protocol: the
-    feature network's sha256, or the Inception weights' (None: not recorded)."""
+    feature network's sha256, or the Inception weights', and the samples' truncation when
+    there was one (None: not recorded)."""
     if not isinstance(protocol, dict):
         return None
+    # samples truncated at generation (evaluate.truncation) are another population: their
+    # FIDs are not comparable with the plain generator's
+    cut = f" truncated at {t}" if (t := protocol.get("truncation")) is not None else ""
     if isinstance(protocol.get("featurenet_sha256"), str):
-        return f"featurenet:{protocol['featurenet_sha256']}"
+        return f"featurenet:{protocol['featurenet_sha256']}{cut}"
     if protocol.get("features") == "inception":
-        return f"inception:{protocol.get('inception_sha256') or 'torch-fidelity download'}"
+        return f"inception:{protocol.get('inception_sha256') or 'torch-fidelity download'}{cut}"
     return None
 
 

@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ganforge.config import EvaluateParams, Params
 from ganforge.core import fastpath
@@ -86,6 +86,7 @@ from ganforge.metrics.controls import (
 from ganforge.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures
 from ganforge.metrics.headline import EVAL_NAMES
 from ganforge.metrics.scores import fid
+from ganforge.metrics.truncation import generate, truncation_curve, write_curve
 from ganforge.metrics.verdicts import (
     class_verdict,
     copying_verdict,
@@ -102,27 +103,6 @@ log = logging.getLogger(__name__)
 
 class EvaluationError(GanforgeError):
     """Inputs that cannot give a trustworthy score (mismatched data, too few images)."""
-
-
-@torch.no_grad()
-def generate(
-    G: nn.Module,
-    n: int,
-    latent_dim: int,
-    labels: Tensor | None,
-    batch: int,
-    device: torch.device,
-    seed: int,
-) -> Tensor:
-    """n images (n, C, H, W) in [-1, 1] on ``device``, from seeded noise."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for i in range(0, n, batch):
-        m = min(batch, n - i)
-        z = torch.randn(m, latent_dim, device=device, generator=g)
-        y = labels[i : i + m].to(device) if labels is not None else None
-        out.append(G(z, y).float())
-    return torch.cat(out)
 
 
 def _load_inputs(ep: EvaluateParams, data_dir, generator_path, featurenet_path, device):
@@ -249,6 +229,9 @@ def _protocol(
         "image_size": manifest["image_size"],
         "channels": manifest["channels"],
         "seed": ep.seed,
+        # every score is of samples truncated at this (None: the plain generator); promotion
+        # compares only evaluations at the same truncation
+        "truncation": ep.truncation,
         "generator": str(generator_path),
         "generator_sha256": gmeta["sha256"],
         "generator_family": gmeta["family"],
@@ -292,7 +275,9 @@ def evaluate(
     # 1-2: generate, then features for both sets, once
     latent = gmeta["generator_kwargs"]["latent_dim"]
     with timer("generate_s"):
-        fake_images = generate(G, n_fake, latent, requested, ep.batch_size, device, ep.seed)
+        fake_images = generate(
+            G, n_fake, latent, requested, ep.batch_size, device, ep.seed, ep.truncation
+        )
     with timer("features_s"):
         m, used, real_pool, fake_f, fake_logits = _featurise(
             extractor, real_split, fake_images, n_real, rng_pool, device
@@ -349,9 +334,20 @@ def evaluate(
         )
         metrics.update(copying)
 
+    with timer("truncation_s"):  # the fidelity/diversity dial, measured
+        features = lambda images: extractor(images)[0].cpu()  # noqa: E731
+        curve, strips = truncation_curve(
+            ep, G, latent, requested, features, real_f, real_pool[:m], x["holdout"], device
+        )
+        metrics["truncation_curve"] = curve
+
     with timer("reports_s"), atomic_dir(reports_dir, owner="evaluate") as tmp:
         conditional, k = gmeta["conditional"], manifest["num_classes"]
-        write_reports(G, latent, k, conditional, ep.seed, ep.interpolation_steps, tmp, device)
+        write_reports(
+            G, latent, k, conditional, ep.seed, ep.interpolation_steps, tmp, device, ep.truncation
+        )
+        write_curve(curve, tmp)
+        save_grid(strips, tmp / "truncation_samples.png", len(strips) // len(curve))
         closest = torch.cat([fake_images[pairs[:, 0]], ref_x[pairs[:, 1]]])
         save_grid(closest, tmp / "copying.png", len(pairs))  # generated over their nearest
     metrics["protocol"] = _protocol(

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ganforge.config import Params
 from ganforge.core import onnxmeta
 from ganforge.core.files import OutputError, atomic_path, sha256_bytes, write_metrics
+from ganforge.core.latent import noise
 from ganforge.core.runlog import RunLog, Untracked
 from ganforge.errors import GanforgeError
 from ganforge.metrics.headline import EXPORT_NAMES
@@ -144,9 +145,12 @@ def parity(
     k = meta["data"]["num_classes"]
     per_batch = {}
     g = torch.Generator().manual_seed(seed)
-    for n in batches:
-        z = torch.randn(n, latent, generator=g)
-        y = torch.randint(0, k, (n,), generator=g) if conditional else None
+    # and a batch of truncated noise (core.latent, as `generate --truncation` feeds it): the
+    # smallest inputs the deployed graph sees must match too
+    inputs = [(str(n), torch.randn(n, latent, generator=g)) for n in batches]
+    inputs.append(("64 truncated 0.5", torch.from_numpy(noise(64, latent, seed, 0.5))))
+    for n, z in inputs:
+        y = torch.randint(0, k, (len(z),), generator=g) if conditional else None
         with torch.no_grad():
             ref = G(z, y).numpy()
         feeds = {"z": z.numpy()} | ({"labels": y.numpy()} if conditional else {})
@@ -161,7 +165,7 @@ def parity(
             raise ExportError(
                 f"parity: ONNX output shape {out.shape} != PyTorch {ref.shape} at batch {n}"
             )
-        per_batch[str(n)] = float(np.abs(out.astype(np.float64) - ref).max())
+        per_batch[n] = float(np.abs(out.astype(np.float64) - ref).max())
     return {"max_abs_diff": max(per_batch.values()), "per_batch": per_batch}
 
 
