@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.runtime import flow_run as this_run
+from prefect.states import Cancelled, State
 
 STAGES = ("prepare", "featurenet", "train", "evaluate", "export", "promote")
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,10 +124,39 @@ def training_flow(repo: str = str(ROOT), stages: list[str] | None = None) -> dic
     return results
 
 
+def paused_schedule(auto_scheduled: bool, paused: bool, deployment: str) -> str | None:
+    """Why a run must not train: its schedule started it and that schedule is now paused.
+
+    Pausing (UI, API, ``pipelines.deploy --pause``) makes Prefect delete only the runs still
+    waiting for their time; a run already due and queued for the concurrency slot
+    (AwaitingConcurrencySlot, Late) survives and would train on a paused schedule. A run
+    someone triggered by hand is their explicit request and always runs."""
+    if auto_scheduled and paused:
+        return f"the schedule of {deployment} is paused: this scheduled run does not train"
+    return None
+
+
+def _paused_now() -> str | None:
+    """paused_schedule for the current flow run, read from the Prefect server."""
+    if not this_run.id:
+        return None  # called as a plain function, not as a flow run
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(this_run.id)
+        if run.deployment_id is None:
+            return None  # a flow run of its own, not of a deployment
+        dep = client.read_deployment(run.deployment_id)
+    return paused_schedule(bool(run.auto_scheduled), bool(dep.paused), dep.name)
+
+
 @flow(name="ganforge-retrain")
-def retrain_flow(repo: str = str(ROOT)) -> dict[str, str]:
+def retrain_flow(repo: str = str(ROOT)) -> dict[str, str] | State:
     """Re-read the data and train a challenger on it, then evaluate, export and let
-    ``ganforge promote`` decide: the new model becomes champion only by the promotion rule."""
+    ``ganforge promote`` decide: the new model becomes champion only by the promotion rule.
+    A scheduled run whose schedule was paused while it waited ends Cancelled, untouched."""
+    why = _paused_now()
+    if why:
+        get_run_logger().info(why)
+        return Cancelled(message=why)
     stage_task = _retrying(repo)
     results = {"prepare": stage_task("prepare", repo, force=True)}
     results["featurenet"] = stage_task("featurenet", repo)

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -81,7 +81,7 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
             for _ in range(2):  # two at once: the second must wait for the first
                 cli("deployment", "run", "ganforge-retrain/every-minute")
             body = {"deployments": {"id": {"any_": [dep["id"]]}}}
-            deadline, runs = time.monotonic() + 420, []
+            deadline, runs = time.monotonic() + 900, []  # a bound for a hang
             while time.monotonic() < deadline:
                 time.sleep(3)
                 runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
@@ -94,22 +94,29 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
                     break
             else:
                 pytest.fail(
-                    f"not 2 triggered + 1 scheduled runs done in 420 s: {[(r['name'], r['state_name']) for r in runs]}"
+                    f"not 2 triggered + 1 scheduled runs done in 900 s: {[(r['name'], r['state_name']) for r in runs]}"
                 )
             history = {
                 r["id"]: [st["name"] for st in httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": r["id"]}, timeout=10).json()]
                 for r in done
             }  # fmt: skip
             assert any("AwaitingConcurrencySlot" in h for h in history.values()), history
-            # stop the schedule, then let every run already due finish before stopping the
-            # worker: pausing deletes only future runs, so cron runs queued for the slot
-            # (SCHEDULED, AwaitingConcurrencySlot) still run, and a worker stopped under one
-            # would leave its dvc repro killed mid-stage (and its lock behind)
-            httpx.patch(f"{api}/deployments/{dep['id']}", json={"paused": True}, timeout=10)
-            drain = time.monotonic() + 300
+            # pause: the runs already due and waiting for the slot (AwaitingConcurrencySlot,
+            # Late) are cancelled at once, not left to train one after another on a paused
+            # schedule; only a run that is training finishes
+            paused_at = datetime.now(UTC)
+            paused = subprocess.run(
+                [sys.executable, "-m", "pipelines.deploy", "--repo", str(project), "--name", "every-minute", "--pause"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert paused.returncode == 0, paused.stderr[-2000:]
+            assert "paused ganforge-retrain/every-minute; cancelled" in paused.stdout, paused.stdout
             runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
-            while any(r["state_type"] in ("SCHEDULED", "PENDING", "RUNNING") for r in runs):
-                assert time.monotonic() < drain, [(r["name"], r["state_name"]) for r in runs]
+            assert not [r["name"] for r in runs if r["state_type"] == "SCHEDULED"], runs
+            assert httpx.get(f"{api}/deployments/{dep['id']}", timeout=10).json()["paused"] is True
+            safety = time.monotonic() + 600  # a bound for a hang, not a pass condition
+            while any(r["state_type"] in ("PENDING", "RUNNING") for r in runs):
+                assert time.monotonic() < safety, [(r["name"], r["state_name"]) for r in runs]
                 time.sleep(2)
                 runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
         finally:
@@ -121,6 +128,10 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
     )
     for before, after in zip(done, done[1:], strict=False):  # never two trainings at once
         assert _t(after["start_time"]) >= _t(before["end_time"]), (before["name"], after["name"])
+    assert all(_t(r["start_time"]) < paused_at for r in done), "a run trained after the pause"
+    for r in runs:  # all that did not complete: scheduled runs the pause cancelled unstarted
+        assert r["state_type"] in ("COMPLETED", "CANCELLED"), (r["name"], r["state_name"])
+        assert r["state_type"] == "COMPLETED" or r["auto_scheduled"], r["name"]
     uri = f"sqlite:///{project}/mlflow.db"
     pr = json.loads((project / "metrics/promote.json").read_text())
     versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(
@@ -130,3 +141,13 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env,
                             capture_output=True, text=True)  # fmt: skip
     assert "up to date" in status.stdout, status.stdout
+
+
+def test_only_runs_the_schedule_started_stop_with_it():
+    """The flow's own check (a pause from the UI leaves due runs waiting): a scheduled run on
+    a paused schedule ends without training; a run triggered by hand always trains."""
+    from pipelines.flows import paused_schedule
+
+    assert "paused" in paused_schedule(auto_scheduled=True, paused=True, deployment="d")
+    assert paused_schedule(auto_scheduled=False, paused=True, deployment="d") is None
+    assert paused_schedule(auto_scheduled=True, paused=False, deployment="d") is None
