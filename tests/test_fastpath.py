@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -39,7 +42,8 @@ def test_auto_on_cpu_follows_native_bf16(monkeypatch, native):
     assert fast.channels_last is True and fast.compile is False
     assert fast.memory_format == torch.channels_last
     assert ("cpu has native bf16" if native else "cpu has no native bf16") in fast.why
-    assert fast.threads == cores.usable_cores() == torch.get_num_threads()
+    assert 1 <= fast.threads == torch.get_num_threads() <= cores.usable_cores()
+    assert f"of {cores.usable_cores()} usable cores free" in fast.why
     assert fast.record()["bf16"] is native
     assert fast.describe().startswith(f"bf16 {'on' if native else 'off'}, channels-last on")
 
@@ -58,6 +62,53 @@ def test_omp_num_threads_wins(monkeypatch):
     torch.set_num_threads(1)
     fast = fastpath.resolve(CPU, False, False)
     assert fast.threads == 1 and "OMP_NUM_THREADS" in fast.why
+
+
+def test_free_cores_leave_what_others_keep_busy():
+    assert [cores.free_cores(busy, 2) for busy in (None, 0.0, 0.25, 0.35, 1.0, 1.8, 7.0)] == [
+        2,
+        2,
+        2,
+        1,
+        1,
+        1,
+        1,
+    ]
+    assert [cores.free_cores(busy, 8) for busy in (0.0, 1.0, 2.5, 7.9)] == [8, 7, 5, 1]
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+BUSY = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"
+
+
+@pytest.mark.skipif(cores.usable_cores() < 2, reason="needs 2 usable cores")
+def test_threads_follow_a_busy_neighbour_and_come_back(monkeypatch):
+    """A CPU-bound process beside this one takes a core: the meter sees it (and not this
+    process's own work), the threads drop to the cores left free and return when it ends."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    meter = cores.CoreMeter()
+    _spin(0.6)  # this process's own work is not a neighbour's
+    assert meter.others_busy() < 0.5
+    neighbour = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        time.sleep(0.5)  # its interpreter has started and spins
+        meter.others_busy()
+        time.sleep(1.0)
+        assert meter.others_busy() > 0.7
+        fast = fastpath.resolve(CPU, False, False)
+        assert fast.threads == torch.get_num_threads() == cores.usable_cores() - 1
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    time.sleep(0.3)
+    fastpath._governor.due = 0.0  # the next step measures (normally every 2 s)
+    fastpath.follow_free_cores()
+    assert torch.get_num_threads() == cores.usable_cores()
 
 
 def test_usable_cores_follows_affinity(monkeypatch):

@@ -14,21 +14,29 @@
 - torch.compile: off (on the 2-core CPU the compiled step was 8% slower, after a compile
   of about 20 s; on CUDA it was never measured to pay here).
 
-Intra-op threads are set to the cores this process may use (its CPU affinity, capped by a
-cgroup CPU quota), unless ``OMP_NUM_THREADS`` says otherwise: torch's own default counts
-the machine's cores, which oversubscribes a container or a pinned process.
+Intra-op threads follow the cores that are free, unless ``OMP_NUM_THREADS`` says
+otherwise: the cores this process may use (its CPU affinity, capped by a cgroup CPU quota;
+torch's own default counts the machine's, which oversubscribes a container or a pinned
+process) less the cores other processes keep busy, measured at start and again every 2 s
+of a training loop (``follow_free_cores``). Two 2-thread trainings on 2 cores each ran
+20x slower than one alone (every parallel region waits on a thread the other process has
+descheduled); one thread each lost nothing (benchmarks/RESULTS.md, "Sharing the cores").
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ganforge.core.cores import usable_cores
+from ganforge.core.cores import CoreMeter, free_cores, usable_cores
+
+log = logging.getLogger(__name__)
 
 Auto = bool | str  # true | false | "auto", validated by ganforge.config
 
@@ -43,14 +51,56 @@ def cpu_native_bf16() -> bool:
     return bool(probe is not None and probe())
 
 
+class ThreadGovernor:
+    """torch's intra-op threads (process-wide) = the usable cores other processes leave free."""
+
+    EVERY_S = 2.0  # between measurements: long enough to average a neighbour's bursts
+
+    def __init__(self, usable: int) -> None:
+        self.usable, self.meter = usable, CoreMeter()
+        self.due = time.monotonic() + self.EVERY_S
+
+    def start(self) -> int:
+        """Measure for 0.1 s (longer if the meter is older) and set the threads from it."""
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - (self.due - self.EVERY_S))))
+        self.due = time.monotonic()
+        self.tick()
+        return torch.get_num_threads()
+
+    def tick(self) -> None:
+        """Cheap between measurements (one clock read): call it every step of a loop."""
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due = now + self.EVERY_S
+        others = self.meter.others_busy()
+        n = free_cores(others, self.usable)
+        if n != torch.get_num_threads():
+            log.debug("%.2f cores busy elsewhere: %d intra-op threads", others or 0.0, n)
+            torch.set_num_threads(n)
+
+
+_governor: ThreadGovernor | None = None
+
+
 def set_threads() -> tuple[int, str]:
-    """Set torch's intra-op threads; returns (threads, why)."""
+    """Set torch's intra-op threads from the free cores; returns (threads, why)."""
+    global _governor
     if os.environ.get("OMP_NUM_THREADS"):
+        _governor = None
         return torch.get_num_threads(), "OMP_NUM_THREADS"
-    n = usable_cores()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n, "usable cores"
+    usable = usable_cores()
+    if _governor is None or _governor.usable != usable:
+        _governor = ThreadGovernor(usable)
+    n = _governor.start()
+    return n, f"{n} of {usable} usable cores free, re-measured every {ThreadGovernor.EVERY_S:g} s"
+
+
+def follow_free_cores() -> None:
+    """In a training loop, every step: the threads follow the free cores (a no-op under
+    OMP_NUM_THREADS, and before a stage has resolved its fast path)."""
+    if _governor is not None:
+        _governor.tick()
 
 
 @dataclass(frozen=True)
@@ -60,8 +110,8 @@ class FastPath:
     bf16: bool
     channels_last: bool
     compile: bool
-    threads: int
-    why: str  # e.g. "bf16: cpu has native bf16; threads: usable cores"
+    threads: int  # at start: the threads follow the free cores during the run
+    why: str  # e.g. "bf16: cpu has native bf16; threads: 2 of 2 usable cores free, ..."
 
     @property
     def memory_format(self) -> torch.memory_format:

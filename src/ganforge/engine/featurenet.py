@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganforge.core.device import to_unit_range
-from ganforge.core.fastpath import FastPath
+from ganforge.core.fastpath import FastPath, follow_free_cores
 from ganforge.metrics.featurenet import FeatureNet
 
 # optimiser steps when featurenet.steps is auto: 8 passes over the data, but never fewer than
@@ -138,6 +138,7 @@ def fit_featurenet(
     perm, pos = torch.randperm(n, generator=gen, device=device), 0
     t0, every = time.perf_counter(), max(1, steps // 10)  # a progress line every tenth
     for step in range(1, steps + 1):
+        follow_free_cores()
         if pos + batch > n:  # a new pass: every image once per pass, in a fresh order
             perm, pos = torch.randperm(n, generator=gen, device=device), 0
         idx = perm[pos : pos + batch]

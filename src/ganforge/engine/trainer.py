@@ -216,6 +216,7 @@ class Trainer:
         discriminator's weights do not require gradients, so its backward computes only the
         gradient the generator needs (its weight gradients would be thrown away).
         """
+        fastpath.follow_free_cores()  # threads follow the cores other processes leave
         G, D = self.G, self.D_seen
         stats: dict[str, Tensor] = {}
         last = self.variant.d_steps - 1

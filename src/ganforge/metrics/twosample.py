@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ganforge.core.fastpath import follow_free_cores
+
 # the auto budget: passes over a critic's training rows (measured enough on digits: 1,500
 # steps of 64 over 240 rows), and never fewer steps than that
 PASSES, MIN_STEPS = 400, 1500
@@ -116,6 +118,7 @@ def _fit_and_predict(
     table = torch.nn.utils.rnn.pad_sequence(train, batch_first=True)  # (critics, max size)
     rows = torch.arange(groups, device=device)[:, None]
     for _ in range(settings["steps"]):
+        follow_free_cores()
         pick = (torch.rand(groups, batch, generator=gen, device=device) * sizes[:, None]).long()
         idx = table[rows, pick].T  # (batch, critics): each critic's own training rows
         # a sum of per-critic means: each critic's gradient is that of its own loss
