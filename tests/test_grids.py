@@ -18,6 +18,21 @@ def test_fixed_inputs_are_reproducible_and_whole_rows_for_conditional():
     assert y.tolist() == list(range(10)) * 7  # each column is one class
 
 
+def test_grids_are_near_square_whatever_the_number_of_classes():
+    """A two-class model's 64 samples were 2 columns x 32 rows; now 8 x 8, a class a column."""
+    from ganforge.core.latent import grid_columns
+
+    for classes in (1, 2, 3, 5, 10, 16):
+        z, y, nrow = fixed_grid_inputs(64, 8, classes, True, seed=0)
+        rows = len(z) // nrow
+        assert len(z) % nrow == 0 and nrow % classes == 0, classes
+        assert 0.5 <= nrow / rows <= 2, (classes, nrow, rows)
+        assert (y.view(rows, nrow) == y[:nrow]).all()  # every column holds one class
+    assert (grid_columns(64, 2, True), grid_columns(64, 10, True)) == (8, 10)
+    assert grid_columns(4, 10, True) == 4  # fewer samples than classes: one row
+    assert [grid_columns(n, 10, False) for n in (1, 10, 64)] == [1, 4, 8]
+
+
 def test_grid_png_size_and_pixels(tmp_path):
     images = torch.full((16, 1, 16, 16), -1.0)
     images[0] = 1.0  # one white tile, the rest black

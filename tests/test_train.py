@@ -42,8 +42,9 @@ def test_every_family_trains_and_writes_its_outputs(tmp_path, digits_dir, family
     labels = torch.arange(4) if family == "cdcgan" else None
     assert G(torch.randn(4, 16), labels).shape == (4, 1, 16, 16)
     grid = Image.open(run / "samples.png")
-    # 16 tiles of 16 px enlarged 3x to 48 px, 4 per row (cdcgan: 10 per row), 2 px padding
-    per_row, rows = (10, 2) if family == "cdcgan" else (4, 4)  # cdcgan: 16 rounded up to 20
+    # 16 tiles of 16 px enlarged 3x to 48 px, 4 per row (cdcgan: a class a column, rows up
+    # to half the 10 columns: 16 becomes 50, near a square), 2 px padding
+    per_row, rows = (10, 5) if family == "cdcgan" else (4, 4)
     assert grid.size == (per_row * 50 + 2, rows * 50 + 2)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ganforge.core.files import atomic_path
-from ganforge.core.latent import truncate
+from ganforge.core.latent import grid_columns, truncate
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int, min_tile: int = 48) -> None:
@@ -34,15 +33,18 @@ def fixed_grid_inputs(
     """Noise (and labels) for sample grids, the same every run with the same seed
     -> (z, labels, nrow).
 
-    Conditional: ``n`` is rounded up to whole rows and labels cycle 0..K-1, so with
-    ``nrow=K`` each column is one class.
+    Conditional: labels cycle 0..K-1 and ``n`` is rounded up to whole rows of
+    ``grid_columns`` (a whole number of columns per class), so each column is one class.
+    With more classes than the square's side, rows are added up to half the columns (at
+    most 4x ``n`` samples): 16 classes and 64 samples give 16 x 8, not 16 x 4.
     """
+    nrow = grid_columns(n, num_classes, conditional)
     if conditional:
-        n = -(-n // num_classes) * num_classes
+        rows = max(-(-n // nrow), min(-(-nrow // 2), -(-4 * n // nrow)))
+        n = rows * nrow
     g = torch.Generator().manual_seed(seed + 7919)
     z = torch.randn(n, latent_dim, generator=g)
     labels = torch.arange(n) % num_classes if conditional else None
-    nrow = num_classes if conditional else max(1, int(math.sqrt(n)))
     return z, labels, nrow
 
 

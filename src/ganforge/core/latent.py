@@ -15,6 +15,8 @@ unchanged.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # below this the resampling loop would need hundreds of rounds (P(|z| < 0.05) = 4%) for a
@@ -63,3 +65,14 @@ def noise(n: int, latent_dim: int, seed: int, truncation: float | None = None) -
     same for the same arguments on every machine."""
     rng = np.random.default_rng(seed)
     return truncate(rng.standard_normal((n, latent_dim), dtype=np.float32), truncation, rng)
+
+
+def grid_columns(n: int, num_classes: int, conditional: bool) -> int:
+    """Columns of a grid of ``n`` samples whose labels cycle 0..K-1 (conditional models):
+    a whole number of columns per class, so that each column holds one class, and as near
+    a square as that allows (2 classes and 64 samples: 8 columns of 8, not 2 of 32).
+    Unconditional: the square's side. Never more columns than samples."""
+    side = math.sqrt(n)
+    if not conditional:
+        return max(1, math.ceil(side - 1e-9))
+    return max(1, min(n, num_classes * max(1, round(side / num_classes))))

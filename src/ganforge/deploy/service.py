@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ganforge.core.files import atomic_path
-from ganforge.core.latent import MAX_TRUNCATION, MIN_TRUNCATION, check_truncation
+from ganforge.core.latent import MAX_TRUNCATION, MIN_TRUNCATION, check_truncation, grid_columns
 from ganforge.deploy.onnxrt import OnnxGenerator, grid_png, is_registry_uri, resolve_model
 from ganforge.errors import ConfigError
 
@@ -103,7 +103,7 @@ def generate_to_file(
         if problem:
             raise ConfigError(f"--{problem}")
         images = gen.generate(n, seed, label, truncation)
-    nrow = gen.info.num_classes if gen.info.conditional and label is None else None
+    nrow = grid_columns(n, gen.info.num_classes, gen.info.conditional and label is None)
     with atomic_path(out) as tmp:
         tmp.write_bytes(grid_png(images, nrow=nrow))
     return {
@@ -269,11 +269,7 @@ def create_app(model_ref: str, threads: int | None = None):
             holder.problem = f"generation failed: {str(exc).splitlines()[0][:300]}"
             log.error("%s", holder.problem)
             raise HTTPException(status_code=503, detail=holder.problem) from None
-        nrow = (
-            gen.info.num_classes
-            if gen.info.conditional and label is None and n >= gen.info.num_classes
-            else None
-        )
+        nrow = grid_columns(n, gen.info.num_classes, gen.info.conditional and label is None)
         return Response(
             grid_png(images, nrow=nrow),
             media_type="image/png",
