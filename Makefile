@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast lint compare clean
+.PHONY: help run test test-fast coverage lint compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,12 @@ test: $(STAMP) ## the whole test suite, slow end-to-end tests included
 
 test-fast: $(STAMP) ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
+
+coverage: $(STAMP) ## the whole suite once under coverage: src/ganforge's line coverage (slower than test)
+	rm -rf .coverage-data && mkdir .coverage-data
+	COVERAGE_FILE=$(CURDIR)/.coverage-data/cov $(BIN)/python -m pytest --cov --cov-report= --durations=25
+	COVERAGE_FILE=$(CURDIR)/.coverage-data/cov $(BIN)/coverage combine -q .coverage-data
+	COVERAGE_FILE=$(CURDIR)/.coverage-data/cov $(BIN)/coverage report | tail -n 45
 
 compare: $(STAMP) ## experiments side by side: the headline metrics and the params that matter most
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep "$$($(BIN)/python -m ganforge.metrics.headline)"

@@ -107,7 +107,7 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
             paused_at = datetime.now(UTC)
             paused = subprocess.run(
                 [sys.executable, "-m", "pipelines.deploy", "--repo", str(project), "--name", "every-minute", "--pause"],
-                env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
             )  # fmt: skip
             assert paused.returncode == 0, paused.stderr[-2000:]
             assert "paused ganforge-retrain/every-minute; cancelled" in paused.stdout, paused.stdout
