@@ -156,3 +156,22 @@ def prefect_server(home: Path, **extra: str) -> Iterator[tuple[str, dict[str, st
     finally:
         stop(proc)
         log.close()
+
+
+def api_call(method: str, url: str, patience: float = 300, **kwargs):
+    """One call to a test server's REST API that waits out a busy server instead of failing:
+    on 2 cores a SQLite-backed Prefect server beside a training can take over 10 s to answer
+    one poll (a CI run failed on exactly that), which says nothing about what is tested.
+    Retries timeouts and refused connections for up to ``patience`` seconds, then raises."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return httpx.request(method, url, timeout=60, **kwargs)
+        except (httpx.TimeoutException, httpx.ConnectError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)

@@ -109,6 +109,8 @@ def test_threads_follow_a_busy_neighbour_and_come_back(monkeypatch):
     fastpath._governor.due = 0.0  # the next step measures (normally every 2 s)
     fastpath.follow_free_cores()
     assert torch.get_num_threads() == cores.usable_cores()
+    # both counts are on the record: a run with them is not bit-identical to one without
+    assert fastpath.threads_used() == [cores.usable_cores() - 1, cores.usable_cores()]
 
 
 def test_usable_cores_follows_affinity(monkeypatch):

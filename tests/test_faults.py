@@ -250,7 +250,7 @@ def test_tracking_server_loss_fails_cleanly_and_resume_completes(tmp_path, digit
         server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
     )
     try:
-        wait_http(f"{uri}/health", 90, server)
+        wait_http(f"{uri}/health", 180, server)
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
         )
@@ -270,7 +270,7 @@ def test_tracking_server_loss_fails_cleanly_and_resume_completes(tmp_path, digit
         server = subprocess.Popen(
             server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
         )
-        wait_http(f"{uri}/health", 90, server)
+        wait_http(f"{uri}/health", 180, server)
         done = subprocess.run(
             [*cmd, "--resume"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
         )

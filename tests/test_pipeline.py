@@ -270,7 +270,7 @@ def test_scheduled_deployment_creates_runs(tmp_path):
     """A real `prefect server` and `python -m pipelines.schedule`: the deployment gets its cron from
     params.yaml and the server schedules its upcoming runs (weekly: none starts during the test)."""
     from .conftest import ROOT, stop
-    from .servers import prefect_server
+    from .servers import api_call, prefect_server
 
     (tmp_path / "project").mkdir()
     project = make_project(tmp_path / "project")
@@ -281,21 +281,19 @@ def test_scheduled_deployment_creates_runs(tmp_path):
                 [sys.executable, "-m", "pipelines.schedule", "--repo", str(project)],
                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            import httpx
-
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 600  # a bound for a hang: the scheduler looks every 60 s
             runs = []
             while time.monotonic() < deadline and not runs:
                 time.sleep(2)
                 assert served.poll() is None, "pipelines.schedule exited"
-                r = httpx.post(f"{api}/deployments/filter", json={}, timeout=10)
+                r = api_call("POST", f"{api}/deployments/filter", json={})
                 deps = [d for d in r.json() if d["name"] == "weekly-retrain"]
                 if deps:
                     assert deps[0]["schedules"][0]["schedule"]["cron"] == "0 3 * * 0"  # params.yaml
                     assert deps[0]["global_concurrency_limit"]["limit"] == 1  # one run at a time
                     body = {"deployments": {"id": {"any_": [deps[0]["id"]]}}}
-                    runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
-            assert runs, "no flow runs were scheduled within 120 s"
+                    runs = api_call("POST", f"{api}/flow_runs/filter", json=body).json()
+            assert runs, "no flow runs were scheduled within 600 s"
             assert all(
                 run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED")
                 for run in runs
@@ -306,7 +304,7 @@ def test_scheduled_deployment_creates_runs(tmp_path):
             assert (
                 served.returncode == 0 and "never awaited" not in err and "Traceback" not in err
             ), err[-2000:]
-            dep = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()[0]
+            dep = api_call("POST", f"{api}/deployments/filter", json={}).json()[0]
             assert dep["name"] == "weekly-retrain" and dep["paused"] is True
         finally:
             if served is not None:

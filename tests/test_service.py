@@ -113,7 +113,7 @@ def server(cond_onnx):
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{base}/healthz", 60, proc)
+        wait_http(f"{base}/healthz", 180, proc)
         yield base
     finally:
         stop(proc)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from .conftest import ROOT, make_project, stop
-from .servers import prefect_server
+from .servers import api_call, prefect_server
 
 FAST = {  # a retrain in ~20 s: the point is the scheduling, not the model
     "train": {"steps": 200, "g_width": 8, "d_width": 8, "sample_every": 100, "checkpoint_every": 100, "fid_samples": 200},
@@ -30,7 +30,6 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
     another (the second waits for a concurrency slot instead of training into the same
     directory), the first registers version 1, and the bit-identical retrains after it
     register nothing and leave the DVC record clean."""
-    import httpx
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "p").mkdir()
@@ -62,20 +61,23 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
         deployed = deploy("test-pool")
         assert deployed.returncode == 0, deployed.stderr[-2000:]
         assert "deployed ganforge-retrain/every-minute to work pool test-pool" in deployed.stdout
-        dep = httpx.get(f"{api}/deployments/name/ganforge-retrain/every-minute", timeout=10).json()
+        dep = api_call("GET", f"{api}/deployments/name/ganforge-retrain/every-minute").json()
         assert dep["global_concurrency_limit"]["limit"] == 1, dep
         assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE"
         assert dep["schedules"][0]["schedule"]["cron"] == "* * * * *"
         assert dep["parameters"] == {"repo": str(project.resolve())}
         assert deploy("test-pool").returncode == 0  # again: the same deployment, updated in place
-        assert [
-            d["id"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-        ] == [dep["id"]]
+        assert [d["id"] for d in api_call("POST", f"{api}/deployments/filter", json={}).json()] == [
+            dep["id"]
+        ]
 
         log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 (closed below)
         worker = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", "test-pool"],
-            env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            # one fixed thread count: with `auto` a retrain beside a busy server may run on other
+            # counts than the one before and differ in the last bits (summary's threads_used)
+            env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1"},
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
             for _ in range(2):  # two at once: the second must wait for the first
@@ -84,7 +86,7 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
             deadline, runs = time.monotonic() + 900, []  # a bound for a hang
             while time.monotonic() < deadline:
                 time.sleep(3)
-                runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+                runs = api_call("POST", f"{api}/flow_runs/filter", json=body).json()
                 done = [r for r in runs if r["state_type"] == "COMPLETED"]
                 bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED", "CANCELLED")]
                 assert not bad, (bad[0]["state"], (tmp_path / "worker.log").read_text()[-3000:])
@@ -97,28 +99,33 @@ def test_a_worker_runs_triggered_and_scheduled_retrains_one_at_a_time(tmp_path):
                     f"not 2 triggered + 1 scheduled runs done in 900 s: {[(r['name'], r['state_name']) for r in runs]}"
                 )
             history = {
-                r["id"]: [st["name"] for st in httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": r["id"]}, timeout=10).json()]
+                r["id"]: [st["name"] for st in api_call("GET", f"{api}/flow_run_states/", params={"flow_run_id": r["id"]}).json()]
                 for r in done
             }  # fmt: skip
             assert any("AwaitingConcurrencySlot" in h for h in history.values()), history
             # pause: the runs already due and waiting for the slot (AwaitingConcurrencySlot,
             # Late) are cancelled at once, not left to train one after another on a paused
             # schedule; only a run that is training finishes
-            paused_at = datetime.now(UTC)
+            asked_at = datetime.now(UTC)
             paused = subprocess.run(
                 [sys.executable, "-m", "pipelines.deploy", "--repo", str(project), "--name", "every-minute", "--pause"],
                 env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
             )  # fmt: skip
             assert paused.returncode == 0, paused.stderr[-2000:]
             assert "paused ganforge-retrain/every-minute; cancelled" in paused.stdout, paused.stdout
-            runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+            runs = api_call("POST", f"{api}/flow_runs/filter", json=body).json()
             assert not [r["name"] for r in runs if r["state_type"] == "SCHEDULED"], runs
-            assert httpx.get(f"{api}/deployments/{dep['id']}", timeout=10).json()["paused"] is True
+            now_dep = api_call("GET", f"{api}/deployments/{dep['id']}").json()
+            assert now_dep["paused"] is True
+            # the server's own moment of the pause, not the test's: the pause command takes
+            # seconds to start, and a run may rightly begin (and train) before it lands
+            paused_at = _t(now_dep["updated"])
+            assert paused_at >= asked_at, (now_dep["updated"], asked_at)
             safety = time.monotonic() + 600  # a bound for a hang, not a pass condition
             while any(r["state_type"] in ("PENDING", "RUNNING") for r in runs):
                 assert time.monotonic() < safety, [(r["name"], r["state_name"]) for r in runs]
                 time.sleep(2)
-                runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+                runs = api_call("POST", f"{api}/flow_runs/filter", json=body).json()
         finally:
             stop(worker)
             log.close()

@@ -59,12 +59,15 @@ class ThreadGovernor:
     def __init__(self, usable: int) -> None:
         self.usable, self.meter = usable, CoreMeter()
         self.due = time.monotonic() + self.EVERY_S
+        self.used: set[int] = set()  # every count set since start(): numerics differ between them
 
     def start(self) -> int:
         """Measure for 0.1 s (longer if the meter is older) and set the threads from it."""
         time.sleep(max(0.0, 0.1 - (time.monotonic() - (self.due - self.EVERY_S))))
         self.due = time.monotonic()
+        self.used.clear()
         self.tick()
+        self.used.add(torch.get_num_threads())
         return torch.get_num_threads()
 
     def tick(self) -> None:
@@ -78,6 +81,7 @@ class ThreadGovernor:
         if n != torch.get_num_threads():
             log.debug("%.2f cores busy elsewhere: %d intra-op threads", others or 0.0, n)
             torch.set_num_threads(n)
+            self.used.add(n)
 
 
 _governor: ThreadGovernor | None = None
@@ -94,6 +98,14 @@ def set_threads() -> tuple[int, str]:
         _governor = ThreadGovernor(usable)
     n = _governor.start()
     return n, f"{n} of {usable} usable cores free, re-measured every {ThreadGovernor.EVERY_S:g} s"
+
+
+def threads_used() -> list[int]:
+    """The intra-op thread counts this stage ran with since its fast path was resolved.
+    CPU results depend on the count (reductions split differently), so a retrain that ran
+    with other counts than the last one is not bit-identical to it; [] under OMP_NUM_THREADS
+    (one fixed count, the one the fast path records)."""
+    return sorted(_governor.used) if _governor is not None else []
 
 
 def follow_free_cores() -> None:

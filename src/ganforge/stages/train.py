@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ganforge.config import Params
+from ganforge.core import fastpath
 from ganforge.core.checkpoint import list_checkpoints, load_latest, save_state
 from ganforge.core.dataset import PreparedSplit, load_split
 from ganforge.core.device import resolve_device
@@ -230,6 +231,9 @@ def train(
         "final_g_loss": history[-1]["g_loss"] if history else None,
         "torch": torch.__version__,
         "fast_path": trainer.fast.record(),
+        # every count the threads took (they follow the free cores): bit-identical retrains
+        # need the same counts, e.g. OMP_NUM_THREADS fixed
+        "threads_used": fastpath.threads_used() or [trainer.fast.threads],
         "stopped": stopped,  # steps | max_minutes | patience
         **best.ship(trainer.ema.module, trainer.G, tp.keep, trainer.step_count),
     }
