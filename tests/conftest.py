@@ -143,6 +143,22 @@ def make_project(dest: Path, tiny: bool = True, **sections) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def default_project(tmp_path_factory) -> Path:
+    """A project after `dvc repro` with params.yaml's own defaults (what `make run` does):
+    prepare, feature network, training, evaluation, export and promotion, once a session.
+    The tests about what the defaults produce read it; a test that changes its files works
+    on its own copy (``shutil.copytree``)."""
+    import subprocess
+    import sys
+
+    project = make_project(tmp_path_factory.mktemp("defaults"), tiny=False)
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project,
+                          env=project_env(project), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return project
+
+
 def project_env(project: Path) -> dict:
     """Environment for running the stages in ``project``: this venv's tools, a local store."""
     import sys

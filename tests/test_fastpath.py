@@ -167,7 +167,9 @@ def test_onnx_threads_one_for_a_cheap_generator_all_cores_for_a_costly_one(tiny_
 
 
 @pytest.mark.slow
-def test_auto_leaves_the_judge_unchanged_and_training_within_its_seed_spread(tmp_path):
+def test_auto_leaves_the_judge_unchanged_and_training_within_its_seed_spread(
+    tmp_path, default_project
+):
     """The default pipeline (feature network, training with the FID probe and keep-best,
     evaluation) with ``auto`` vs all fp32, and each generator under the other run's judge:
     the fp32 generator judged by the bf16 judge lies inside the fp32 judge's 95% interval,
@@ -175,10 +177,11 @@ def test_auto_leaves_the_judge_unchanged_and_training_within_its_seed_spread(tmp
     training seeds (at most SEED_RATIO = 1.5x the fp32 generator's FID). One pair is not held
     to a sampling interval: fp32 training seeds 0/1/2 score 12.29 / 13.26 / 18.56 under one
     judge and auto seeds 14.24 / 14.31 / 17.20 (benchmarks/RESULTS.md). MNIST is left to
-    ``python -m benchmarks.precision``."""
+    ``python -m benchmarks.precision``. The auto run is the session's one `dvc repro` of the
+    defaults; the fp32 run and the two cross judgements run here."""
     from benchmarks.precision import compare
 
-    out = compare("digits", None, None, tmp_path)
+    out = compare("digits", None, None, tmp_path, defaults=default_project)
     if out["auto"]["fast_path"]["bf16"] is False:
         pytest.skip("this CPU has no native bf16: auto runs fp32, nothing to compare")
     where = {k: out[k] for k in ("fp32", "fp32_generator_auto_judge", "auto_generator_fp32_judge")}
