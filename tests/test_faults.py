@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -321,21 +322,27 @@ def test_bad_inputs_give_one_line_and_overwrite_nothing(tmp_path, digits_dir):
     shutil.copytree(digits_dir, data)
     before = {p: p.read_bytes() for p in data.iterdir()}
     assert len({msg for _, msg in BAD_INPUTS}) >= 20
-    for args, expected in BAD_INPUTS:
+    paths = {
+        "prepare": ["--out", str(data)],
+        "train": ["--data", str(data), "--out", str(tmp_path / "runs")],
+    }
+
+    def attempt(args: list[str]) -> subprocess.CompletedProcess:
         stage = args[0]
-        paths = {
-            "prepare": ["--out", str(data)],
-            "train": ["--data", str(data), "--out", str(tmp_path / "runs")],
-        }
-        proc = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-m", "ganforge", stage, "--params", str(ROOT / "params.yaml"), *args[1:], *paths.get(stage, [])],
             capture_output=True, text=True, cwd=tmp_path,
         )  # fmt: skip
+
+    # two at a time: each is a fresh interpreter importing torch (~2 s, one core's work)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = list(pool.map(attempt, [args for args, _ in BAD_INPUTS]))
+    for (args, expected), proc in zip(BAD_INPUTS, procs, strict=True):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, (args, proc.stderr)
         assert (
             len(lines) == 1
-            and lines[0].startswith(f"ganforge {stage}: error: ")
+            and lines[0].startswith(f"ganforge {args[0]}: error: ")
             and expected in lines[0]
         ), (args, lines)
     assert {p: p.read_bytes() for p in data.iterdir()} == before
