@@ -87,27 +87,25 @@ def test_every_params_key_quoted_exists():
 
 def test_the_readme_quotes_only_keys_eval_json_has():
     """The default run's table: every key in its first column is a headline number."""
-    text = _text(ROOT / "README.md")
-    table = text[text.index("| key | default run |") :].split("\n\n")[0]
-    quoted = {
-        k for row in table.splitlines()[2:] for k in re.findall(r"`(\w+)`", row.split("|")[1])
-    }
+    quoted = {k for row in _readme_table_rows() for k in re.findall(r"`(\w+)`", row.split("|")[1])}
     assert quoted and quoted <= {h.name for h in EVAL}, quoted - {h.name for h in EVAL}
+
+
+def _readme_table_rows() -> list[str]:
+    """The rows (header and rule left out) of the README's default-run table."""
+    text = _text(ROOT / "README.md")
+    return text[text.index("| key | default run |") :].split("\n\n")[0].splitlines()[2:]
 
 
 def _readme_default_run() -> dict[str, list]:
     """The README's default-run table: first key of a row -> the values it quotes."""
-    text = _text(ROOT / "README.md")
-    table = text[text.index("| key | default run |") :].split("\n\n")[0]
+    words = {"true": True, "false": False}
     rows = {}
-    for row in table.splitlines()[2:]:
+    for row in _readme_table_rows():
         cells = row.split("|")
         key = re.findall(r"`(\w+)`", cells[1])[0]
-        rows[key] = [
-            {"true": True, "false": False}.get(v, v)
-            for v in re.findall(r"true|false|-?\d+(?:\.\d+)?", cells[2])
-        ]
-        rows[key] = [float(v) if isinstance(v, str) else v for v in rows[key]]
+        found = re.findall(r"true|false|-?\d+(?:\.\d+)?", cells[2])
+        rows[key] = [words[v] if v in words else float(v) for v in found]
     return rows
 
 
